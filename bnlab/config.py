@@ -1,0 +1,146 @@
+"""Config composition, validation and run identity.
+
+A run's identity (its key) is the resolved config minus the `runtime`, `logger` and `experiment_name`
+sections and the sweep helper `optim.lr_factor`: everything that changes what is computed, and nothing
+that only changes how or where.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+NOT_IDENTITY = ("runtime", "logger", "experiment_name", "hydra")
+
+if not OmegaConf.has_resolver("mul"):
+    OmegaConf.register_new_resolver("mul", lambda a, b: float(a) * float(b))
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key, the value and what is allowed."""
+
+    def __init__(self, key: str, value, allowed: str):
+        super().__init__(f"invalid config: {key}={value!r}; allowed: {allowed}")
+        self.key, self.value, self.allowed = key, value, allowed
+
+
+def compose(overrides: list[str] | None = None) -> DictConfig:
+    """The resolved config `bnlab-train` would run with these command-line overrides (no sweep)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = hydra_compose(config_name="train", overrides=list(overrides or []))
+    return resolved(cfg)
+
+
+def resolved(cfg: DictConfig) -> DictConfig:
+    """A resolved, struct-mode copy without the hydra section."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    container.pop("hydra", None)
+    out = OmegaConf.create(container)
+    OmegaConf.set_struct(out, True)
+    return out
+
+
+def _check(ok: bool, key: str, value, allowed: str):
+    if not ok:
+        raise ConfigError(key, value, allowed)
+
+
+def _positive(cfg, key: str, integer: bool = False):
+    value = OmegaConf.select(cfg, key)
+    kind = int if integer else (int, float)
+    good = isinstance(value, kind) and not isinstance(value, bool) and value > 0 and math.isfinite(value)
+    _check(good, key, value, "a positive integer" if integer else "a positive number")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Fail fast, before any work, on values that cannot work."""
+    from bnlab.models import MODELS, num_layers
+    from bnlab.norms import NORM_KINDS
+
+    _check(cfg.model.name in MODELS, "model.name", cfg.model.name, ", ".join(MODELS))
+    _check(cfg.norm.kind in NORM_KINDS, "norm.kind", cfg.norm.kind, ", ".join(NORM_KINDS))
+    _check(isinstance(cfg.seed, int) and cfg.seed >= 0, "seed", cfg.seed, "an integer >= 0")
+    _positive(cfg, "optim.lr")
+    _check(cfg.optim.momentum >= 0, "optim.momentum", cfg.optim.momentum, "a number >= 0")
+    _check(cfg.optim.weight_decay >= 0, "optim.weight_decay", cfg.optim.weight_decay, "a number >= 0")
+    _positive(cfg, "train.steps", integer=True)
+    _check(cfg.train.dtype in ("float32", "float64"), "train.dtype", cfg.train.dtype, "float32, float64")
+    _positive(cfg, "norm.eps")
+    _check(0 <= cfg.norm.momentum <= 1, "norm.momentum", cfg.norm.momentum, "a number in [0, 1]")
+    c = cfg.norm.noise.constants
+    _check(c.n_mu >= 0, "norm.noise.constants.n_mu", c.n_mu, "a number >= 0")
+    _check(c.n_sigma >= 1, "norm.noise.constants.n_sigma", c.n_sigma, "a number >= 1")
+    _check(c.r_mu >= 0, "norm.noise.constants.r_mu", c.r_mu, "a number >= 0")
+    _check(c.r_sigma >= 0, "norm.noise.constants.r_sigma", c.r_sigma, "a number >= 0")
+    if cfg.model.name == "dln":
+        _positive(cfg, "model.width", integer=True)
+        _positive(cfg, "model.depth", integer=True)
+        _positive(cfg, "data.num_samples", integer=True)
+        _positive(cfg, "data.input_std")
+        _positive(cfg, "data.target_std")
+        _check(cfg.data.loss in ("sum", "half_sum", "mean"), "data.loss", cfg.data.loss, "sum, half_sum, mean")
+    _validate_probes(cfg, num_layers(cfg))
+    _validate_runtime(cfg)
+
+
+def _validate_probes(cfg, layers: int):
+    p = cfg.probes
+    _positive(cfg, "probes.every", integer=True)
+    layer_sets = [("probes.ics.layers", p.ics.layers), ("probes.activations.layers", p.activations.layers)]
+    for key, value in layer_sets:
+        if value == "all":
+            continue
+        good = isinstance(value, ListConfig | list) and len(value) > 0 and all(
+            isinstance(v, int) and 1 <= v <= layers for v in value)
+        _check(good, key, value, f"'all' or a list of layer numbers from 1 to {layers} (this model's conv/linear layers)")
+    m = p.landscape.multipliers
+    _check(p.landscape.direction in ("gradient", "random"), "probes.landscape.direction", p.landscape.direction,
+           "gradient, random")
+    _check(m.spacing in ("linear", "log"), "probes.landscape.multipliers.spacing", m.spacing, "linear, log")
+    _check(isinstance(m.start, int | float) and m.start > 0, "probes.landscape.multipliers.start", m.start,
+           "a number > 0")
+    _check(isinstance(m.stop, int | float) and m.stop >= m.start, "probes.landscape.multipliers.stop", m.stop,
+           f"a number >= start ({m.start})")
+    _positive(cfg, "probes.landscape.multipliers.num", integer=True)
+    _positive(cfg, "probes.activations.units", integer=True)
+    q = p.activations.quantiles
+    _check(len(q) > 0 and all(0 <= v <= 1 for v in q), "probes.activations.quantiles", list(q), "numbers in [0, 1]")
+
+
+def _validate_runtime(cfg):
+    r = cfg.runtime
+    device = str(r.device)
+    good = device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
+    _check(good, "runtime.device", device, "auto, cpu, cuda, cuda:N")
+    if device.startswith("cuda"):
+        import torch
+
+        _check(torch.cuda.is_available(), "runtime.device", device, "auto or cpu (no CUDA device is available here)")
+    _check(r.threads is None or (isinstance(r.threads, int) and r.threads > 0), "runtime.threads", r.threads,
+           "null or a positive integer")
+    _positive(cfg, "runtime.log_every", integer=True)
+
+
+def identity(cfg: DictConfig) -> dict:
+    """The part of the config that defines what a run computes."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    for key in NOT_IDENTITY:
+        container.pop(key, None)
+    container.get("optim", {}).pop("lr_factor", None)
+    return container
+
+
+def run_key(cfg: DictConfig) -> str:
+    """Readable and unique: model-norm-lr-seed, then a hash of the whole identity."""
+    ident = identity(cfg)
+    digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:10]
+    norm = cfg.norm.kind + ("+noise" if cfg.norm.noise.enabled else "")
+    return f"{cfg.model.name}-{norm}-lr{cfg.optim.lr:g}-seed{cfg.seed}-{digest}"

@@ -1,0 +1,103 @@
+"""Runs the probes inside the training loop, at `probes.every` steps, and turns results into metric rows.
+
+The landscape and activation probes look at theta_t before the optimizer step; internal covariate shift
+needs theta_{t+1} too, so it runs after the step with theta_t swapped back in for the measurement. All
+of them replay the random draw the training step itself used, so a noisy layer shows the probes the
+same noise the step saw, and none of them changes the run's random stream or its trajectory.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from bnlab import probes
+from bnlab.metrics import MetricRows
+
+
+class ProbeSchedule:
+    def __init__(self, cfg, model: nn.Module, loss_fn, lr: float):
+        p = cfg.probes
+        self.cfg, self.model, self.loss_fn, self.lr = p, model, loss_fn, lr
+        layers = probes.numbered_layers(model)
+        self.number = {name: i + 1 for i, (name, _) in enumerate(layers)}
+        self.ics_layers = None if p.ics.layers == "all" else [layers[n - 1][0] for n in p.ics.layers]
+        m = p.landscape.multipliers
+        self.multipliers = probes.landscape_multipliers(m.start, m.stop, m.num, m.spacing)
+        self.direction_rng = torch.Generator().manual_seed(cfg.seed + 1)
+        act_layers = [n for n in range(1, len(layers) + 1)] if p.activations.layers == "all" else list(p.activations.layers)
+        self.act_modules = {n: model.activation_modules()[n] for n in act_layers}
+        units_rng = torch.Generator().manual_seed(cfg.seed)
+        self.units = probes.sample_units(model, self.act_modules, p.activations.units, units_rng)
+        self.bn_numbers = self._batchnorm_layer_numbers()
+        self.any_enabled = any(p[k].enabled for k in ("ics", "landscape", "activations", "bn_sigma"))
+
+    def _batchnorm_layer_numbers(self) -> dict[str, int]:
+        """A BatchNorm layer carries the number of the conv/linear layer it follows."""
+        numbers, current = {}, 0
+        bn_names = {name for name, _ in probes.batchnorm_layers(self.model)}
+        for name, _ in self.model.named_modules():
+            current = self.number.get(name, current)
+            if name in bn_names:
+                numbers[name] = current
+        return numbers
+
+    def due(self, step: int) -> bool:
+        return self.any_enabled and step % self.cfg.every == 0
+
+    def before_step(self, step: int, x, y, rows: MetricRows) -> None:
+        p = self.cfg
+        self.rng_before = _rng_state(x.device)
+        if p.ics.enabled:
+            self.theta_t = {n: t.detach().clone() for n, t in self.model.named_parameters()}
+        if p.landscape.enabled:
+            out = probes.landscape_tensors(self.model, self.loss_fn, x, y, self.lr, self.multipliers,
+                                           p.landscape.direction, self.direction_rng)
+            for mult, loss, diff in zip(self.multipliers, out["loss"], out["grad_diff"], strict=True):
+                rows.add(step, f"landscape_loss@{mult:g}", 0, loss)
+                rows.add(step, f"grad_diff@{mult:g}", 0, diff)
+            rows.add(step, "beta", 0, out["beta"])
+        if p.activations.enabled:
+            stats = probes.activation_stats(self.model, x, self.act_modules, self.units, p.activations.quantiles)
+            for layer, s in stats.items():
+                for row, unit in enumerate(self.units[layer].tolist()):
+                    rows.add(step, f"act_mean#u{unit}", layer, s["mean"][row])
+                    rows.add(step, f"act_var#u{unit}", layer, s["var"][row])
+                    for q, value in zip(p.activations.quantiles, s["quantiles"][row], strict=True):
+                        rows.add(step, f"act_q{q:g}#u{unit}", layer, value)
+        if p.bn_sigma.enabled and self.bn_numbers:
+            for name, sigma in probes.bn_input_sigma(self.model, x).items():
+                layer = self.bn_numbers[name]
+                rows.add(step, "bn_sigma_mean", layer, sigma.mean())
+                rows.add(step, "bn_sigma_median", layer, sigma.median())
+                rows.add(step, "bn_sigma_max", layer, sigma.max())
+
+    def after_step(self, step: int, x, y, rows: MetricRows) -> None:
+        if not self.cfg.ics.enabled:
+            return
+        rng_after = _rng_state(x.device)
+        params = dict(self.model.named_parameters())
+        updated = {n: t.detach().clone() for n, t in params.items()}
+        with torch.no_grad():
+            for n, t in params.items():
+                t.copy_(self.theta_t[n])
+        _set_rng_state(self.rng_before, x.device)  # the step's own random draw
+        result = probes.ics_tensors(self.model, self.loss_fn, x, y, updated, self.ics_layers)
+        with torch.no_grad():
+            for n, t in params.items():
+                t.copy_(updated[n])
+        _set_rng_state(rng_after, x.device)
+        for name, values in result.items():
+            rows.add(step, "ics_l2", self.number[name], values["l2"])
+            rows.add(step, "ics_cos", self.number[name], values["cos"])
+
+
+def _rng_state(device: torch.device):
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.random.get_rng_state(), cuda
+
+
+def _set_rng_state(state, device: torch.device) -> None:
+    torch.random.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)

@@ -1,0 +1,284 @@
+"""Probes of SPEC section 3: internal covariate shift, the loss landscape along the gradient, and
+activation statistics. They work on any torch.nn.Module under one assumption:
+
+    the model's forward pass uses its parameters in the order of `model.named_parameters()`
+    (true of every nn.Sequential and of models that register submodules in the order they call them).
+
+"Layers" are the model's nn.Linear and nn.Conv2d modules in that order; the paper's layer #n is the
+n-th of them.
+
+Every probe
+- runs the model in training mode (batch statistics: exactly the function being optimized),
+- leaves the model's parameters, buffers (running statistics included) and train/eval mode of every
+  submodule exactly as it found them,
+- replays one random draw: torch's generators are reset to the state they had when the probe was called
+  before every forward pass, so a stochastic layer (noisy BatchNorm, dropout) sees the same draw at every
+  point of one measurement, and they are left in that state afterwards, so probing does not change the
+  random stream of the training run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bnlab.norms import BatchNorm
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+DEFAULT_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+
+def numbered_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The conv/linear layers of `model` in forward order; the paper's layer #n is entry n - 1."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+
+
+class _Measurement:
+    """Train mode, one replayed random draw, and buffers, parameters and modes restored on exit."""
+
+    def __init__(self, model: nn.Module, device: torch.device):
+        self.model, self.device = model, device
+
+    def __enter__(self):
+        self.modes = [(m, m.training) for m in self.model.modules()]
+        self.buffers = [(b, b.detach().clone()) for b in self.model.buffers()]
+        self.params = [(p, p.detach().clone()) for p in self.model.parameters()]
+        self.cpu_rng = torch.random.get_rng_state()
+        self.cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        self.model.train()
+        return self
+
+    def replay(self):
+        """Reset the random generators to the state they had when the measurement began."""
+        torch.random.set_rng_state(self.cpu_rng)
+        if self.cuda_rng is not None:
+            torch.cuda.set_rng_state(self.cuda_rng, self.device)
+
+    def __exit__(self, *exc):
+        with torch.no_grad():
+            for tensor, saved in self.buffers + self.params:
+                tensor.copy_(saved)
+        for module, mode in self.modes:
+            module.training = mode
+        self.replay()
+        return False
+
+
+def _device_of(model: nn.Module, inputs: torch.Tensor) -> torch.device:
+    return inputs.device if isinstance(inputs, torch.Tensor) else next(model.parameters()).device
+
+
+def _loss(model, loss_fn, inputs, targets, m: _Measurement) -> torch.Tensor:
+    m.replay()
+    return loss_fn(model(inputs), targets)
+
+
+def ics(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor,
+        updated: Mapping[str, torch.Tensor], layers: Iterable[str] | None = None) -> dict[str, dict[str, float]]:
+    """Internal covariate shift of Definition 2.1, for every conv/linear layer (or those named in `layers`).
+
+    The model holds the parameters theta_t; `updated` maps parameter names (as in named_parameters())
+    to their values theta_{t+1} after the optimizer step. For layer i with weight W_i:
+        G_i  = grad_{W_i} L(theta_t)
+        G'_i = grad_{W_i} L(every parameter before W_i at t+1, W_i and everything after at t)
+    on the same batch. Returns, in forward order, {module name: {"l2": ||G - G'||_2, "cos": cos(G, G')}}.
+    """
+    return _tensors_to_floats(ics_tensors(model, loss_fn, inputs, targets, updated, layers))
+
+
+def ics_tensors(model, loss_fn, inputs, targets, updated, layers=None) -> dict[str, dict[str, torch.Tensor]]:
+    """`ics` with 0-d tensors instead of floats, so a training loop need not synchronize with the device."""
+    named = list(model.named_parameters())
+    names = [n for n, _ in named]
+    position = {n: i for i, n in enumerate(names)}
+    missing = [n for n in names if n not in updated]
+    if missing:
+        raise KeyError(f"ics: `updated` lacks parameters {missing[:5]}{'...' if len(missing) > 5 else ''}; "
+                       "pass the value of every parameter after the optimizer step")
+    chosen = _choose_layers(model, layers)
+    weights = [f"{name}.weight" for name, _ in chosen]
+    params = [p for _, p in named]
+    with _Measurement(model, _device_of(model, inputs)) as m:
+        grads_t = torch.autograd.grad(_loss(model, loss_fn, inputs, targets, m), [params[position[w]] for w in weights])
+        result, done = {}, 0  # params[:done] hold their updated values
+        for (module_name, _), weight, g in zip(chosen, weights, grads_t, strict=True):
+            j = position[weight]
+            with torch.no_grad():
+                for k in range(done, j):
+                    params[k].copy_(updated[names[k]])
+            done = max(done, j)
+            if j == 0:  # nothing comes before the first weight: G' is G by definition
+                g_mixed = g
+            else:
+                (g_mixed,) = torch.autograd.grad(_loss(model, loss_fn, inputs, targets, m), [params[j]])
+            result[module_name] = {"l2": torch.linalg.vector_norm(g - g_mixed),
+                                   "cos": F.cosine_similarity(g.flatten(), g_mixed.flatten(), dim=0)}
+    return result
+
+
+def _choose_layers(model, layers):
+    all_layers = numbered_layers(model)
+    if layers is None:
+        return all_layers
+    wanted = set(layers)
+    known = {name for name, _ in all_layers}
+    unknown = sorted(wanted - known)
+    if unknown:
+        raise KeyError(f"unknown layer(s) {unknown}; conv/linear layers of this model: {sorted(known)}")
+    return [(name, mod) for name, mod in all_layers if name in wanted]
+
+
+def landscape_multipliers(start: float, stop: float, num: int, spacing: str) -> list[float]:
+    """The set M of step multipliers: `num` points from start to stop, linear or log-spaced."""
+    if spacing == "linear":
+        values = torch.linspace(start, stop, num, dtype=torch.float64)
+    elif spacing == "log":
+        values = torch.logspace(torch.log10(torch.tensor(start)), torch.log10(torch.tensor(stop)), num,
+                                dtype=torch.float64)
+    else:
+        raise ValueError(f"spacing must be 'linear' or 'log', got {spacing!r}")
+    return values.tolist()
+
+
+def landscape(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor, lr: float,
+              multipliers: Sequence[float], direction: str = "gradient",
+              generator: torch.Generator | None = None) -> dict:
+    """The loss landscape along the gradient (paper section 3.2 and appendix A.2.2).
+
+    With g = grad L(theta) on this batch and, for each m in `multipliers`, theta_m = theta - m * lr * v
+    (v = g, or for direction="random" a Gaussian direction of the same norm as g, drawn from `generator`):
+        loss_m = L(theta_m),  d_m = ||grad L(theta_m) - g||_2  ("gradient predictiveness"),
+        beta = max_m d_m / ||m * lr * v||_2                    ("effective" beta-smoothness).
+    Gradients are over every parameter. Returns {"multipliers", "loss", "grad_diff": lists, "beta": float}.
+    """
+    out = landscape_tensors(model, loss_fn, inputs, targets, lr, multipliers, direction, generator)
+    values = torch.stack([out["loss"], out["grad_diff"], out["beta"].expand_as(out["loss"])]).tolist()
+    return {"multipliers": list(multipliers), "loss": values[0], "grad_diff": values[1], "beta": values[2][0]}
+
+
+def landscape_tensors(model, loss_fn, inputs, targets, lr, multipliers, direction="gradient", generator=None):
+    """`landscape` with tensors instead of floats (no device synchronization)."""
+    if direction not in ("gradient", "random"):
+        raise ValueError(f"direction must be 'gradient' or 'random', got {direction!r}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    with _Measurement(model, _device_of(model, inputs)) as m:
+        theta = [p.detach().clone() for p in params]
+        grad = torch.autograd.grad(_loss(model, loss_fn, inputs, targets, m), params)
+        grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grad]))
+        step = grad
+        if direction == "random":
+            noise = [torch.randn(g.shape, generator=generator, dtype=g.dtype).to(g.device) for g in grad]
+            noise_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(n) for n in noise]))
+            step = [n * (grad_norm / noise_norm) for n in noise]
+        losses, diffs = [], []
+        for mult in multipliers:
+            with torch.no_grad():
+                for p, t, s in zip(params, theta, step, strict=True):
+                    torch.add(t, s, alpha=-mult * lr, out=p)
+            loss_m = _loss(model, loss_fn, inputs, targets, m)
+            grad_m = torch.autograd.grad(loss_m, params)
+            diffs.append(torch.linalg.vector_norm(torch.stack(
+                [torch.linalg.vector_norm(a - b) for a, b in zip(grad_m, grad, strict=True)])))
+            losses.append(loss_m.detach())
+    losses, diffs = torch.stack(losses), torch.stack(diffs)
+    distance = torch.tensor(list(multipliers), dtype=diffs.dtype, device=diffs.device) * lr * grad_norm
+    return {"loss": losses, "grad_diff": diffs, "beta": (diffs / distance).max()}
+
+
+def sample_units(model: nn.Module, modules: Mapping, count: int, generator: torch.Generator) -> dict:
+    """Pick `count` random units (channels) of each module's output, once per run: {key: LongTensor}."""
+    chosen = {}
+    for key, name in modules.items():
+        layer = _producing_layer(model, name)
+        width = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+        chosen[key] = torch.randperm(width, generator=generator)[:count].sort().values
+    return chosen
+
+
+def _producing_layer(model: nn.Module, module_name: str) -> nn.Module:
+    """The last conv/linear layer at or before `module_name` in forward order (it fixes the unit count)."""
+    found = None
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            found = m
+        if name == module_name:
+            if found is None:
+                raise KeyError(f"no conv/linear layer precedes module {module_name!r}")
+            return found
+    raise KeyError(f"model has no module {module_name!r}")
+
+
+def activation_stats(model: nn.Module, inputs: torch.Tensor, modules: Mapping, units: Mapping,
+                     quantiles: Sequence[float] = DEFAULT_QUANTILES) -> dict:
+    """Distribution over the batch (and spatial positions) of chosen units of chosen modules' outputs.
+
+    `modules` maps a key (e.g. the paper's layer number) to a module name; `units` maps the same key to
+    the unit (channel) indices to record. Returns {key: {"mean", "var", "quantiles"}}, each a tensor with
+    one row per unit ("quantiles" has one column per entry of `quantiles`).
+    """
+    captured = {}
+
+    def hook_for(key):
+        def hook(_module, _inputs, output):
+            captured[key] = output.detach()
+        return hook
+
+    handles = [model.get_submodule(name).register_forward_hook(hook_for(key)) for key, name in modules.items()]
+    try:
+        with _Measurement(model, _device_of(model, inputs)) as m, torch.no_grad():
+            m.replay()
+            model(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    stats = {}
+    for key, act in captured.items():
+        values = act.index_select(1, units[key].to(act.device)).transpose(0, 1).reshape(len(units[key]), -1).double()
+        q = torch.tensor(list(quantiles), dtype=values.dtype, device=values.device)
+        stats[key] = {"mean": values.mean(1), "var": values.var(1, unbiased=False),
+                      "quantiles": torch.quantile(values, q, dim=1).T}
+    return stats
+
+
+def batchnorm_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """BatchNorm modules (bnlab's and torch's) in forward order."""
+    kinds = (BatchNorm, nn.modules.batchnorm._BatchNorm)
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, kinds)]
+
+
+def bn_input_sigma(model: nn.Module, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-unit standard deviation (over batch and spatial positions, biased) of each BatchNorm layer's
+    input: the sigma_j that BatchNorm divides by (paper section 4). {module name: tensor (units,)}."""
+    captured = {}
+
+    def hook_for(name):
+        def hook(_module, args):
+            x = args[0].detach()
+            dims = [0, *range(2, x.dim())]
+            captured[name] = x.double().var(dims, unbiased=False).sqrt()
+        return hook
+
+    handles = [m.register_forward_pre_hook(hook_for(name)) for name, m in batchnorm_layers(model)]
+    try:
+        with _Measurement(model, _device_of(model, inputs)) as meas, torch.no_grad():
+            meas.replay()
+            model(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured
+
+
+def _tensors_to_floats(result: dict) -> dict:
+    keys = [(layer, stat) for layer, stats in result.items() for stat in stats]
+    if not keys:
+        return {}
+    values = torch.stack([result[layer][stat].detach().double() for layer, stat in keys]).tolist()
+    out: dict = {}
+    for (layer, stat), value in zip(keys, values, strict=True):
+        out.setdefault(layer, {})[stat] = value
+    return out
+

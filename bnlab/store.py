@@ -1,0 +1,93 @@
+"""The run store: <runs>/<scale>/<run-key>/ holding config.yaml, metrics.parquet and summary.json.
+
+metrics.parquet is tidy: one row per measurement with columns step, metric, layer, value. `layer` is the
+paper's layer number (conv/linear layers counted from 1), 0 for whole-model metrics. Metric names:
+
+    loss                                training loss of the step's batch, before the step's update
+    ics_l2, ics_cos                     internal covariate shift (Definition 2.1), per layer
+    landscape_loss@<m>, grad_diff@<m>   loss and gradient change at step multiplier m (lr multiples)
+    beta                                "effective" beta-smoothness
+    act_mean#u<j>, act_var#u<j>, act_q<q>#u<j>
+                                        sampled unit j of a layer: batch mean, variance, quantile q
+    bn_sigma_mean, bn_sigma_median, bn_sigma_max
+                                        over units of the batch std of a BatchNorm layer's input
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from bnlab.config import run_key
+
+FINISHED = ("finished", "diverged")
+
+
+def runs_root(cfg: DictConfig) -> Path:
+    return Path(cfg.runtime.runs_dir).expanduser()
+
+
+def run_dir(cfg: DictConfig) -> Path:
+    return runs_root(cfg) / cfg.scale.name / run_key(cfg)
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file and rename, so a reader never sees a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def write_config(directory: Path, cfg: DictConfig) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    _atomic_write(directory / "config.yaml", lambda p: OmegaConf.save(cfg, p))
+
+
+def write_summary(directory: Path, summary: dict) -> None:
+    _atomic_write(directory / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2) + "\n"))
+
+
+def write_metrics(directory: Path, rows: dict[str, list]) -> None:
+    frame = pd.DataFrame({
+        "step": pd.array(rows["step"], dtype="int64"),
+        "metric": pd.Categorical(rows["metric"]),
+        "layer": pd.array(rows["layer"], dtype="int16"),
+        "value": pd.array(rows["value"], dtype="float64"),
+    })
+    _atomic_write(directory / "metrics.parquet", lambda p: frame.to_parquet(p, index=False))
+
+
+def read_summary(directory: Path) -> dict | None:
+    path = Path(directory) / "summary.json"
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None  # a damaged summary means the run is not known to be finished: it is run again
+
+
+def is_finished(directory: Path) -> bool:
+    summary = read_summary(directory)
+    return bool(summary) and summary.get("status") in FINISHED and (Path(directory) / "metrics.parquet").exists()
+
+
+def read_metrics(directory: Path) -> pd.DataFrame:
+    return pd.read_parquet(Path(directory) / "metrics.parquet")
+
+
+def read_config(directory: Path) -> DictConfig:
+    return OmegaConf.load(Path(directory) / "config.yaml")
+
+
+def split_metric(names: pd.Series) -> pd.DataFrame:
+    """Split tagged metric names: 'grad_diff@0.5' -> base grad_diff, multiplier 0.5;
+    'act_q0.25#u3' -> base act_q0.25, unit 3."""
+    parts = names.astype(str).str.extract(r"^(?P<base>[^@#]+)(?:@(?P<multiplier>[^#]+))?(?:#u(?P<unit>\d+))?$")
+    parts["multiplier"] = parts["multiplier"].astype(float)
+    parts["unit"] = parts["unit"].astype(float)
+    return parts

@@ -1,0 +1,174 @@
+"""The one training loop, and the `bnlab-train` entry point.
+
+    bnlab-train model=dln norm=l1 optim.lr=1e-6 seed=2        # one run
+    bnlab-train -m experiment=lp-landscape-dln scale=smoke    # the sweep behind one figure
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import platform
+import subprocess
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+import bnlab
+from bnlab import store
+from bnlab.config import CONFIG_DIR, identity, resolved, run_key, validate
+from bnlab.data import build_data
+from bnlab.metrics import MetricRows
+from bnlab.models import build_model
+from bnlab.probe_schedule import ProbeSchedule
+from bnlab.tracking import WandbRun
+
+log = logging.getLogger("bnlab")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run(cfg: DictConfig) -> Path:
+    """Train the run `cfg` describes, or reuse it if the store already holds it finished.
+
+    Returns the run's directory. A diverging run (non-finite loss) is stopped, marked `diverged` and
+    returned like a finished one; other failures write what was measured so far, then raise.
+    """
+    cfg = resolved(cfg)
+    validate(cfg)
+    directory = store.run_dir(cfg)
+    if store.is_finished(directory):
+        log.info("reusing %s (%s)", directory, store.read_summary(directory)["status"])
+        return directory
+    store.write_config(directory, cfg)
+    return Trainer(cfg, directory).fit()
+
+
+class Trainer:
+    def __init__(self, cfg: DictConfig, directory: Path):
+        self.cfg, self.directory = cfg, directory
+        self.key = run_key(cfg)
+        if cfg.runtime.threads:
+            torch.set_num_threads(cfg.runtime.threads)
+        self.device = resolve_device(cfg.runtime.device)
+        dtype = getattr(torch, cfg.train.dtype)
+        torch.manual_seed(cfg.seed)
+        self.data = build_data(cfg, self.device, dtype)
+        self.model = build_model(cfg).to(self.device, dtype)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+                                         weight_decay=cfg.optim.weight_decay)
+        self.probes = ProbeSchedule(cfg, self.model, self.data.loss, cfg.optim.lr)
+        self.rows = MetricRows()
+
+    def step(self, step: int) -> None:
+        x, y = self.data.train_batch(step)
+        probing = self.probes.due(step)
+        if probing:
+            self.probes.before_step(step, x, y, self.rows)
+        self.optimizer.zero_grad(set_to_none=True)
+        outputs = self.model(x)
+        loss = self.data.loss(outputs, y)
+        loss.backward()
+        self.optimizer.step()
+        self.rows.add(step, "loss", 0, loss.detach())
+        if self.data.classification:
+            self.rows.add(step, "accuracy", 0, (outputs.argmax(1) == y).double().mean() * 100)
+        if probing:
+            self.probes.after_step(step, x, y, self.rows)
+
+    def fit(self) -> Path:
+        cfg, steps = self.cfg, self.cfg.train.steps
+        wandb = WandbRun(cfg, self.directory, self.key, identity(cfg))
+        bar = tqdm(total=steps, desc=self.key, disable=not cfg.runtime.progress, unit="step", mininterval=1.0)
+        started, status, diverged_at, done = time.perf_counter(), "finished", None, 0
+        try:
+            for step in range(steps):
+                self.step(step)
+                if (step + 1) % cfg.runtime.log_every == 0 or step + 1 == steps:
+                    diverged_at = self._flush(wandb, bar, step + 1 - done)
+                    done = step + 1
+                    if diverged_at is not None:
+                        status = "diverged"
+                        log.warning("%s: non-finite loss at step %d; stopping the run as diverged", self.key,
+                                    diverged_at)
+                        break
+        except BaseException as exc:
+            self._flush(wandb, bar, 0)
+            self._save("failed", time.perf_counter() - started, diverged_at, wandb, error=repr(exc))
+            raise
+        finally:
+            bar.close()
+        self._save(status, time.perf_counter() - started, diverged_at, wandb)
+        return self.directory
+
+    def _flush(self, wandb: WandbRun, bar, advanced: int) -> int | None:
+        """Convert pending metrics; return the first step with a non-finite loss, if any."""
+        flushed = self.rows.flush()
+        by_step: dict[int, dict[str, float]] = {}
+        diverged_at, last_loss = None, None
+        for step, metric, layer, value in flushed:
+            by_step.setdefault(step, {})[metric if layer == 0 else f"{metric}/layer{layer}"] = value
+            if metric == "loss":
+                last_loss = value
+                if diverged_at is None and not math.isfinite(value):
+                    diverged_at = step
+        wandb.log(by_step)
+        bar.update(advanced)
+        if last_loss is not None:
+            bar.set_postfix(loss=f"{last_loss:.4g}", refresh=False)
+        return diverged_at
+
+    def _save(self, status: str, wall: float, diverged_at: int | None, wandb: WandbRun, error: str | None = None):
+        store.write_metrics(self.directory, self.rows.columns)
+        losses = [v for m, v in zip(self.rows.columns["metric"], self.rows.columns["value"], strict=True)
+                  if m == "loss"]
+        finite = [v for v in losses if math.isfinite(v)]
+        summary = {
+            "status": status,
+            "key": self.key,
+            "steps_completed": len(losses),
+            "steps": self.cfg.train.steps,
+            "diverged_at_step": diverged_at,
+            "final_loss": losses[-1] if losses and status == "finished" else None,
+            "min_loss": min(finite) if finite else None,
+            "wall_time_s": round(wall, 3),
+            "steps_per_s": round(len(losses) / wall, 2) if wall > 0 else None,
+            "device": str(self.device) + (f" ({torch.cuda.get_device_name(self.device)})"
+                                          if self.device.type == "cuda" else f" ({platform.processor() or platform.machine()})"),
+            "torch": torch.__version__,
+            "bnlab": bnlab.__version__,
+            "git_commit": git_commit(),
+            "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        if error:
+            summary["error"] = error
+        store.write_summary(self.directory, summary)
+        wandb.finish(summary)
+        log.info("%s: %s after %d steps in %.1f s -> %s", self.key, status, len(losses), wall, self.directory)
+
+
+@hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+def main() -> None:
+    _hydra_main()
