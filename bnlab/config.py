@@ -29,14 +29,16 @@ class ConfigError(ValueError):
         self.key, self.value, self.allowed = key, value, allowed
 
 
-def compose(overrides: list[str] | None = None) -> DictConfig:
-    """The resolved config `bnlab-train` would run with these command-line overrides (no sweep)."""
+def compose(overrides: list[str] | None = None, with_hydra: bool = False) -> DictConfig:
+    """The resolved config `bnlab-train` would run with these command-line overrides (no sweep).
+
+    with_hydra=True returns the unresolved config with its hydra section (e.g. the sweeper's params)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = hydra_compose(config_name="train", overrides=list(overrides or []))
-    return resolved(cfg)
+        cfg = hydra_compose(config_name="train", overrides=list(overrides or []), return_hydra_config=with_hydra)
+    return cfg if with_hydra else resolved(cfg)
 
 
 def resolved(cfg: DictConfig) -> DictConfig:

@@ -9,8 +9,8 @@ class GaussianRegression:
     """The DLN's task (SPEC section 1): fit A x from x, x ~ N(0, input_std^2 I), A_ij ~ N(0, target_std^2).
 
     The data are fixed for the run, drawn from `seed`, and the batch is the whole dataset (full-batch
-    gradient descent). The loss is the squared error summed over samples [decision], or half that sum
-    (TensorFlow's l2_loss convention), or its mean over samples.
+    gradient descent). The loss is half the squared error summed over samples (TensorFlow's l2_loss; the
+    default, chosen by measurement, see the README), the plain sum, or the mean over samples.
     """
 
     classification = False

@@ -1,0 +1,136 @@
+"""`bnlab-figure NAME` draws a figure from runs already in the store; `bnlab-figure NAME --train`
+(what `make reproduce-NAME` calls) first trains the runs that are missing, `--jobs` at a time.
+
+    bnlab-figure figure3 --scale smoke                 # redraw, no training
+    bnlab-figure all --scale paper --seeds 3 --train   # every figure, training what is missing
+    bnlab-figure lp-training --scale smoke train.steps=300 --train   # any config override
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from bnlab import store
+
+
+def _figures():
+    from experiments import FIGURES
+
+    return FIGURES
+
+
+def _train_one(container: dict) -> tuple[str, str, float]:
+    from bnlab.train import run
+
+    cfg = OmegaConf.create(container)
+    started = time.perf_counter()
+    directory = run(cfg)
+    return str(directory), (store.read_summary(directory) or {}).get("status", "?"), time.perf_counter() - started
+
+
+def train_missing(cfgs, jobs: int) -> None:
+    """Train every run of `cfgs` not yet finished in the store, `jobs` processes at a time."""
+    todo = {}
+    for cfg in cfgs:
+        directory = store.run_dir(cfg)
+        if not store.is_finished(directory):
+            todo[str(directory)] = cfg
+    print(f"{len(cfgs)} runs needed, {len(cfgs) - len(todo)} already in the store, {len(todo)} to train "
+          f"({jobs} at a time)", flush=True)
+    if not todo:
+        return
+    containers = []
+    for cfg in todo.values():
+        c = OmegaConf.to_container(cfg)
+        c["runtime"]["progress"] = jobs == 1 and sys.stderr.isatty()
+        containers.append(c)
+    started = time.perf_counter()
+    if jobs == 1:
+        results = (_train_one(c) for c in containers)
+    else:
+        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"))
+        results = (f.result() for f in as_completed([pool.submit(_train_one, c) for c in containers]))
+    for done, (directory, status, seconds) in enumerate(results, 1):
+        print(f"[{done}/{len(containers)}] {status:8s} {seconds:6.1f} s  {Path(directory).name}", flush=True)
+    print(f"trained {len(containers)} runs in {time.perf_counter() - started:.0f} s", flush=True)
+
+
+def draw(name: str, scale: str, seeds: int, overrides: list[str], out_root: Path) -> list:
+    from experiments.common import load, sweep, write_results
+
+    module = importlib.import_module(_figures()[name])
+    runs = load(sweep(name, scale, seeds, overrides))
+    out_dir = out_root / scale
+    out_dir.mkdir(parents=True, exist_ok=True)
+    module.draw(runs, out_dir / f"{name}.png")
+    claims = module.claims(runs)
+    notes = " ".join((module.__doc__ or "").strip().split("\n\n")[0].split())
+    write_results(out_dir, name, claims, notes, seeds, scale)
+    print(f"\n{name}: drew {out_dir / (name + '.png')} from {len(runs)} runs")
+    for c in claims:
+        print(f"  [{'holds' if c.holds else 'DOES NOT HOLD'}] {c.claim}\n      measured: {c.measured}")
+    if not claims:
+        print("  (no claims attached to this figure)")
+    return claims
+
+
+def main(argv: list[str] | None = None) -> int:
+    figures = _figures()
+    parser = argparse.ArgumentParser(prog="bnlab-figure", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name", help=f"a figure ({', '.join(figures)}) or 'all'")
+    parser.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. train.steps=300")
+    parser.add_argument("--scale", default="paper", help="smoke or paper (default: paper)")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per config (default: the scale's)")
+    parser.add_argument("--train", action="store_true", help="train missing runs first")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs trained at once")
+    parser.add_argument("--out", type=Path, default=Path("results"), help="results folder (default: results)")
+    args = parser.parse_intermixed_args(argv)
+
+    names = list(figures) if args.name == "all" else [args.name]
+    unknown = [n for n in names if n not in figures]
+    if unknown:
+        parser.error(f"unknown figure {unknown[0]!r}; choose one of: all, {', '.join(figures)}")
+    bad = [o for o in args.overrides if "=" not in o]
+    if bad:
+        parser.error(f"overrides look like key=value; got {bad[0]!r}")
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
+
+    from bnlab.config import ConfigError, compose, validate
+    from experiments.common import MissingRuns, sweep
+
+    try:
+        scale_cfg = compose([f"scale={args.scale}", *args.overrides])
+        seeds = args.seeds if args.seeds is not None else scale_cfg.scale.seeds
+        if seeds < 1:
+            parser.error(f"--seeds must be at least 1, got {seeds}")
+        cfgs = {n: sweep(n, args.scale, seeds, args.overrides) for n in names}
+        for cfg in (c for group in cfgs.values() for c in group):
+            validate(cfg)  # every run checked before any of them starts
+        if args.train:
+            train_missing([c for group in cfgs.values() for c in group], args.jobs)
+        for name in names:
+            draw(name, args.scale, seeds, args.overrides, args.out)
+    except (MissingRuns, ConfigError) as exc:
+        print(f"bnlab-figure: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # Hydra's composition errors name the bad group or key
+        if type(exc).__module__.startswith(("hydra", "omegaconf")):
+            print(f"bnlab-figure: {exc}", file=sys.stderr)
+            return 2
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""Each normalization layer against its definition, computed independently (naive loops, torch.nn)."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from bnlab.norms import BatchNoise, BatchNorm, LpNorm, make_norm
+
+
+def _inputs(shape):
+    return torch.randn(*shape, dtype=torch.float64) * 3 + 1.5
+
+
+@pytest.mark.parametrize("shape", [(64, 5), (8, 3, 4, 4)])
+def test_batchnorm_matches_torch_batchnorm(shape):
+    ours = BatchNorm(shape[1]).double()
+    ref = (nn.BatchNorm1d if len(shape) == 2 else nn.BatchNorm2d)(shape[1]).double()
+    with torch.no_grad():
+        for layer in (ours, ref):
+            layer.weight.copy_(torch.linspace(0.5, 2, shape[1]))
+            layer.bias.copy_(torch.linspace(-1, 1, shape[1]))
+    for _ in range(3):  # running statistics after several steps
+        x = _inputs(shape).requires_grad_()
+        x_ref = x.detach().clone().requires_grad_()
+        y, y_ref = ours(x), ref(x_ref)
+        torch.testing.assert_close(y, y_ref)
+        (y * torch.arange(y.numel()).view_as(y)).sum().backward()
+        (y_ref * torch.arange(y.numel()).view_as(y)).sum().backward()
+        torch.testing.assert_close(x.grad, x_ref.grad)
+    torch.testing.assert_close(ours.running_mean, ref.running_mean)
+    torch.testing.assert_close(ours.running_var, ref.running_var)
+    ours.eval(), ref.eval()
+    x = _inputs(shape)
+    torch.testing.assert_close(ours(x), ref(x))
+
+
+def _naive_lp(x, p, center, eps, weight, bias):
+    """Unit by unit, value by value, in plain Python floats."""
+    out = torch.empty_like(x)
+    channels = x.shape[1]
+    for c in range(channels):
+        values = x[:, c].reshape(-1).tolist()
+        mean = sum(values) / len(values)
+        base = [v - mean for v in values] if center else values
+        if p == math.inf:
+            norm = max(abs(v) for v in base)
+        else:
+            norm = (sum(abs(v) ** p for v in base) / len(base)) ** (1 / p)
+        out[:, c] = (x[:, c] - mean) / (norm + eps) * weight[c] + bias[c]
+    return out
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, math.inf])
+@pytest.mark.parametrize("center", [False, True])
+@pytest.mark.parametrize("shape", [(32, 4), (6, 3, 5, 5)])
+def test_lp_norm_matches_direct_formula(p, center, shape):
+    layer = LpNorm(shape[1], p, center_before_norm=center).double()
+    with torch.no_grad():
+        layer.weight.copy_(torch.linspace(0.5, 2, shape[1]))
+        layer.bias.copy_(torch.linspace(-1, 1, shape[1]))
+    x = _inputs(shape)
+    expected = _naive_lp(x, p, center, layer.eps, layer.weight.detach(), layer.bias.detach())
+    torch.testing.assert_close(layer(x), expected)
+
+
+def test_lp_norm_uncentered_differs_from_centered():
+    x = _inputs((32, 4))
+    a, b = LpNorm(4, 2.0, False).double(), LpNorm(4, 2.0, True).double()
+    assert not torch.allclose(a(x), b(x))
+
+
+def test_lp_norm_running_statistics_and_eval():
+    layer = LpNorm(3, 1.0, momentum=0.1).double()
+    batches = [_inputs((50, 3)) for _ in range(4)]
+    mean, norm = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    for x in batches:
+        layer(x)
+        mean = 0.9 * mean + 0.1 * x.mean(0)
+        norm = 0.9 * norm + 0.1 * x.abs().mean(0)
+    torch.testing.assert_close(layer.running_mean, mean)
+    torch.testing.assert_close(layer.running_norm, norm)
+    layer.eval()
+    x = _inputs((7, 3))
+    torch.testing.assert_close(layer(x), (x - mean) / (norm + layer.eps))
+
+
+def test_noise_statistics_per_unit_and_step():
+    """a -> s * a + m with mu_j ~ U(-.5, .5), sigma_j ~ U(1, 1.25), m ~ U(mu +- .1), s ~ N(sigma, .1)."""
+    noise = BatchNoise(n_mu=0.5, n_sigma=1.25, r_mu=0.1, r_sigma=0.1)
+    units, batch = 400, 20000
+    state = torch.random.get_rng_state()
+    m = noise(torch.zeros(batch, units, dtype=torch.float64))  # = m
+    torch.random.set_rng_state(state)
+    s = noise(torch.ones(batch, units, dtype=torch.float64)) - m  # same draw: = s
+    mu_j, sigma_j = m.mean(0), s.mean(0)
+    assert mu_j.abs().max() <= 0.5 + 0.01 and mu_j.abs().max() > 0.45  # spans U(-0.5, 0.5)
+    assert mu_j.std().item() == pytest.approx(1 / math.sqrt(3) * 0.5, rel=0.15)
+    assert ((m.max(0).values - m.min(0).values) <= 0.2 + 1e-9).all()  # m_ij within mu_j +- r_mu
+    assert (m - mu_j).std().item() == pytest.approx(0.1 / math.sqrt(3), rel=0.05)
+    assert sigma_j.min() >= 1 - 0.01 and sigma_j.max() <= 1.25 + 0.01
+    assert (s - sigma_j).std().item() == pytest.approx(0.1, rel=0.05)  # r_sigma is a standard deviation
+    again = noise(torch.zeros(batch, units, dtype=torch.float64)).mean(0)
+    assert (again - mu_j).abs().mean() > 0.1  # a fresh distribution at every step
+
+
+def test_noise_conv_treats_spatial_positions_as_batch():
+    noise = BatchNoise()
+    m = noise(torch.zeros(64, 3, 8, 8))
+    per_channel = m.transpose(0, 1).reshape(3, -1)
+    spread = per_channel.max(1).values - per_channel.min(1).values
+    assert (spread <= 0.2 + 1e-6).all()  # one mu_j per channel, shared by every position
+
+
+def test_noise_off_in_eval_mode_and_for_noisy_batchnorm():
+    x = _inputs((16, 4)).float()
+    layer = make_norm("batch", 4, noise=dict(n_mu=0.5, n_sigma=1.25, r_mu=0.1, r_sigma=0.1))
+    clean = BatchNorm(4)
+    assert not torch.allclose(layer(x), clean(x))
+    layer.eval(), clean.eval()
+    torch.testing.assert_close(layer(x), clean(x))
+
+
+def test_make_norm_kinds():
+    assert isinstance(make_norm("none", 4), nn.Identity)
+    assert isinstance(make_norm("none", 4, noise=dict(n_mu=0.5, n_sigma=1.25, r_mu=0.1, r_sigma=0.1)), BatchNoise)
+    assert make_norm("linf", 4).p == math.inf
+    with pytest.raises(ValueError, match="unknown normalization kind 'group'"):
+        make_norm("group", 4)
