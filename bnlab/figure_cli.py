@@ -39,12 +39,9 @@ def _train_one(container: dict) -> tuple[str, str, float]:
 
 def train_missing(cfgs, jobs: int) -> None:
     """Train every run of `cfgs` not yet finished in the store, `jobs` processes at a time."""
-    todo = {}
-    for cfg in cfgs:
-        directory = store.run_dir(cfg)
-        if not store.is_finished(directory):
-            todo[str(directory)] = cfg
-    print(f"{len(cfgs)} runs needed, {len(cfgs) - len(todo)} already in the store, {len(todo)} to train "
+    needed = {str(store.run_dir(cfg)): cfg for cfg in cfgs}  # figures share runs
+    todo = {d: cfg for d, cfg in needed.items() if not store.is_finished(d)}
+    print(f"{len(needed)} distinct runs needed, {len(needed) - len(todo)} already in the store, {len(todo)} to train "
           f"({jobs} at a time)", flush=True)
     if not todo:
         return

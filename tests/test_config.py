@@ -1,0 +1,95 @@
+"""Hydra composition of every experiment, and start-up validation of bad values."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from bnlab.config import CONFIG_DIR, ConfigError, compose, run_key, validate
+from experiments import FIGURES
+from experiments.common import sweep
+
+EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+
+
+def test_every_figure_has_an_experiment_config():
+    assert sorted(FIGURES) == EXPERIMENTS
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+@pytest.mark.parametrize("scale", ["smoke", "paper"])
+def test_experiment_sweeps_compose_and_validate(name, scale):
+    cfgs = sweep(name, scale, seeds=2)
+    assert len(cfgs) >= 4 and len(cfgs) % 2 == 0
+    for cfg in cfgs:
+        validate(cfg)
+        assert cfg.experiment_name == name
+    assert len({run_key(c) for c in cfgs}) == len(cfgs)  # every run of the sweep is distinct
+
+
+def test_defaults_follow_the_spec():
+    cfg = compose()
+    assert (cfg.model.depth, cfg.model.width, cfg.data.num_samples) == (25, 10, 1000)
+    assert cfg.optim.lr == pytest.approx(1e-6) and cfg.optim.momentum == 0 and cfg.train.steps == 10000
+    assert cfg.norm.kind == "none" and not cfg.norm.noise.enabled
+    noisy = compose(["norm=noisy_batch"]).norm
+    assert noisy.kind == "batch" and noisy.noise.enabled
+    assert dict(noisy.noise.constants) == {"n_mu": 0.5, "n_sigma": 1.25, "r_mu": 0.1, "r_sigma": 0.1}
+    assert compose(["scale=smoke"]).train.steps < cfg.train.steps
+
+
+def test_run_key_ignores_runtime_and_lr_spelling():
+    a = compose(["optim.lr_factor=0.1"])
+    b = compose(["optim.lr=1e-7", "runtime.progress=false", "runtime.runs_dir=/elsewhere", "logger=none"])
+    assert run_key(a) == run_key(b)
+    assert run_key(a) != run_key(compose(["optim.lr=1e-7", "seed=1"]))
+
+
+@pytest.mark.parametrize("override, key", [
+    ("optim.lr=0", "optim.lr"),
+    ("optim.lr=-0.1", "optim.lr"),
+    ("train.steps=0", "train.steps"),
+    ("probes.ics.layers=[9,26]", "probes.ics.layers"),
+    ("probes.activations.layers=[0]", "probes.activations.layers"),
+    ("probes.every=0", "probes.every"),
+    ("probes.landscape.multipliers.spacing=cubic", "probes.landscape.multipliers.spacing"),
+    ("train.dtype=float16", "train.dtype"),
+    ("norm.noise.constants.n_sigma=0.5", "norm.noise.constants.n_sigma"),
+    ("data.loss=l1", "data.loss"),
+    ("runtime.device=tpu", "runtime.device"),
+])
+def test_invalid_values_name_key_value_and_allowed(override, key):
+    with pytest.raises(ConfigError) as err:
+        validate(compose([override]))
+    assert err.value.key == key
+    message = str(err.value)
+    assert key in message and "allowed" in message
+
+
+def test_cli_rejects_bad_input_before_training(tmp_path):
+    env_runs = f"runtime.runs_dir={tmp_path}"
+    bad_value = subprocess.run([sys.executable, "-m", "bnlab.train", "optim.lr=-1", env_runs],
+                               capture_output=True, text=True, timeout=120)
+    assert bad_value.returncode != 0 and "optim.lr=-1" in bad_value.stderr and "positive" in bad_value.stderr
+    bad_group = subprocess.run([sys.executable, "-m", "bnlab.train", "norm=group", env_runs],
+                               capture_output=True, text=True, timeout=120)
+    assert bad_group.returncode != 0 and "norm/group" in bad_group.stderr and "linf" in bad_group.stderr
+    assert not any(Path(tmp_path).rglob("metrics.parquet"))
+
+
+def test_figure_cli_rejects_unknown_figure_and_missing_runs(tmp_path, capsys):
+    from bnlab.figure_cli import main
+
+    with pytest.raises(SystemExit):
+        main(["figure99"])
+    assert "unknown figure 'figure99'" in capsys.readouterr().err
+    code = main(["figure3", "--scale", "smoke", f"runtime.runs_dir={tmp_path}", "--out", str(tmp_path / "res")])
+    assert code == 2 and "not in the store yet" in capsys.readouterr().err
+
+
+def test_resolved_config_is_plain_yaml():
+    cfg = compose(["scale=smoke"])
+    text = OmegaConf.to_yaml(cfg)
+    assert "${" not in text and "hydra" not in cfg

@@ -1,0 +1,96 @@
+"""The training loop through bnlab.train.run: files, reuse, divergence, probes' neutrality, wandb."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from bnlab import store
+from bnlab.config import compose
+from bnlab.train import run
+
+TINY = ["scale=smoke", "train.steps=30", "probes.every=10", "runtime.progress=false", "runtime.log_every=10"]
+
+
+def tiny(runs_dir, *extra, logger="none"):
+    return compose([*TINY, f"runtime.runs_dir={runs_dir}", f"logger={logger}", *extra])
+
+
+def losses(directory):
+    m = store.read_metrics(directory)
+    return m[m.metric == "loss"].sort_values("step")["value"].tolist()
+
+
+def test_run_writes_config_tidy_metrics_and_summary(runs_dir):
+    directory = run(tiny(runs_dir, "norm=batch"))
+    assert directory.parent == runs_dir / "smoke"
+    assert (directory / "config.yaml").exists()
+    metrics = pd.read_parquet(directory / "metrics.parquet")
+    assert list(metrics.columns) == ["step", "metric", "layer", "value"]
+    assert (metrics[metrics.metric == "loss"].step.tolist()) == list(range(30))
+    ics = metrics[metrics.metric == "ics_cos"]
+    assert sorted(ics.step.unique()) == [0, 10, 20] and sorted(ics.layer.unique()) == list(range(1, 26))
+    assert (metrics.metric.str.startswith("grad_diff@")).sum() == 3 * 8
+    assert set(metrics[metrics.metric == "bn_sigma_mean"].layer) == set(range(1, 25))
+    summary = json.loads((directory / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["steps_completed"] == 30
+    assert summary["final_loss"] == pytest.approx(losses(directory)[-1])
+    for key in ("wall_time_s", "device", "torch", "bnlab", "git_commit"):
+        assert summary[key]
+
+
+def test_finished_run_is_reused_not_rerun(runs_dir):
+    cfg = tiny(runs_dir)
+    directory = run(cfg)
+    stamp = (directory / "metrics.parquet").stat().st_mtime_ns
+    assert run(cfg) == directory
+    assert (directory / "metrics.parquet").stat().st_mtime_ns == stamp
+
+
+def test_divergence_marks_the_run_and_does_not_raise(runs_dir):
+    directory = run(tiny(runs_dir, "optim.lr=1.0", "probes=none", "train.steps=200"))
+    summary = store.read_summary(directory)
+    assert summary["status"] == "diverged"
+    assert summary["diverged_at_step"] is not None and summary["steps_completed"] < 200
+    assert store.is_finished(directory)  # reused, not retried, by later sweeps
+
+
+def test_same_seed_same_run_other_seed_other_data(runs_dir, tmp_path):
+    a = losses(run(tiny(runs_dir, "norm=batch")))
+    b = losses(run(tiny(tmp_path / "again", "norm=batch")))
+    c = losses(run(tiny(runs_dir, "norm=batch", "seed=1")))
+    assert a == b and a != c
+
+
+@pytest.mark.parametrize("norm", ["noisy_batch", "l1"])
+def test_probes_do_not_change_the_trajectory(runs_dir, norm):
+    probed = losses(run(tiny(runs_dir, f"norm={norm}")))
+    plain = losses(run(tiny(runs_dir, f"norm={norm}", "probes=none")))
+    assert probed == plain  # bit for bit, noisy layers included
+
+
+def test_noise_without_batchnorm_is_an_option(runs_dir):
+    directory = run(tiny(runs_dir, "norm=none", "norm.noise.enabled=true", "probes=none"))
+    assert "none+noise" in directory.name
+    assert losses(directory) != losses(run(tiny(runs_dir, "norm=none", "probes=none")))
+
+
+def test_wandb_offline_run_files(runs_dir, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    directory = run(tiny(runs_dir, "probes=none", "experiment_name=wandb-test", logger="wandb"))
+    offline = list((directory / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1
+    files = list(offline[0].glob("run-*.wandb"))
+    assert files and files[0].stat().st_size > 0
+    assert directory.name in files[0].name
+
+
+def test_wandb_failure_does_not_fail_the_run(runs_dir, monkeypatch):
+    import wandb
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no wandb today")
+
+    monkeypatch.setattr(wandb, "init", broken)
+    directory = run(tiny(runs_dir, "probes=none", logger="wandb"))
+    assert store.read_summary(directory)["status"] == "finished"
