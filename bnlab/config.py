@@ -102,7 +102,8 @@ def _validate_probes(cfg, layers: int):
             continue
         good = isinstance(value, ListConfig | list) and len(value) > 0 and all(
             isinstance(v, int) and 1 <= v <= layers for v in value)
-        _check(good, key, value, f"'all' or a list of layer numbers from 1 to {layers} (this model's conv/linear layers)")
+        allowed = f"'all' or a list of layer numbers from 1 to {layers} (this model's conv/linear layers)"
+        _check(good, key, value, allowed)
     m = p.landscape.multipliers
     _check(p.landscape.direction in ("gradient", "random"), "probes.landscape.direction", p.landscape.direction,
            "gradient, random")
@@ -138,6 +139,18 @@ def identity(cfg: DictConfig) -> dict:
         container.pop(key, None)
     container.get("optim", {}).pop("lr_factor", None)
     return container
+
+
+def probes_enabled(cfg: DictConfig) -> bool:
+    return any(cfg.probes[name].enabled for name in ("ics", "landscape", "activations", "bn_sigma"))
+
+
+def trajectory_identity(cfg: DictConfig) -> dict:
+    """The identity without the probes. Probes never change a run's trajectory (the tests check this bit
+    for bit), so runs that agree here have identical training metrics."""
+    ident = identity(cfg)
+    ident.pop("probes", None)
+    return ident
 
 
 def run_key(cfg: DictConfig) -> str:

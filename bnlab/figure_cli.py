@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import sys
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from bnlab import store
+from bnlab.config import probes_enabled, trajectory_identity
 
 
 def _figures():
@@ -37,16 +39,31 @@ def _train_one(container: dict) -> tuple[str, str, float]:
     return str(directory), (store.read_summary(directory) or {}).get("status", "?"), time.perf_counter() - started
 
 
+def _trajectory(cfg) -> str:
+    return json.dumps(trajectory_identity(cfg), sort_keys=True)
+
+
+def _expected_cost(cfg) -> float:
+    """Rough relative cost, to start long runs first (measured per-step times of the DLN on a CPU)."""
+    per_step = {"none": 1.5, "batch": 2.6, "l1": 3.9, "l2": 3.9, "linf": 5.0}.get(cfg.norm.kind, 3.0)
+    return cfg.train.steps * per_step * (1.7 if probes_enabled(cfg) else 1.0)
+
+
 def train_missing(cfgs, jobs: int) -> None:
-    """Train every run of `cfgs` not yet finished in the store, `jobs` processes at a time."""
+    """Train every run of `cfgs` not yet finished in the store, `jobs` processes at a time. A run without
+    probes is not trained when a probed run of the same trajectory is stored or about to be trained: the
+    store serves it from that twin (bnlab.store.find_run)."""
     needed = {str(store.run_dir(cfg)): cfg for cfg in cfgs}  # figures share runs
-    todo = {d: cfg for d, cfg in needed.items() if not store.is_finished(d)}
-    print(f"{len(needed)} distinct runs needed, {len(needed) - len(todo)} already in the store, {len(todo)} to train "
-          f"({jobs} at a time)", flush=True)
+    stored = {d for d, cfg in needed.items() if store.is_finished(store.find_run(cfg))}
+    probed = {_trajectory(c) for d, c in needed.items() if d not in stored and probes_enabled(c)}
+    twins = {d for d, c in needed.items() if d not in stored and not probes_enabled(c) and _trajectory(c) in probed}
+    todo = {d: cfg for d, cfg in needed.items() if d not in stored and d not in twins}
+    print(f"{len(needed)} distinct runs needed: {len(stored)} already in the store, {len(twins)} to be served by a "
+          f"probed run of the same trajectory, {len(todo)} to train ({jobs} at a time)", flush=True)
     if not todo:
         return
     containers = []
-    for cfg in todo.values():
+    for cfg in sorted(todo.values(), key=_expected_cost, reverse=True):  # longest first: no idle core at the end
         c = OmegaConf.to_container(cfg)
         c["runtime"]["progress"] = jobs == 1 and sys.stderr.isatty()
         containers.append(c)

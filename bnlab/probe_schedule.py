@@ -25,7 +25,8 @@ class ProbeSchedule:
         m = p.landscape.multipliers
         self.multipliers = probes.landscape_multipliers(m.start, m.stop, m.num, m.spacing)
         self.direction_rng = torch.Generator().manual_seed(cfg.seed + 1)
-        act_layers = [n for n in range(1, len(layers) + 1)] if p.activations.layers == "all" else list(p.activations.layers)
+        all_numbers = list(range(1, len(layers) + 1))
+        act_layers = all_numbers if p.activations.layers == "all" else list(p.activations.layers)
         self.act_modules = {n: model.activation_modules()[n] for n in act_layers}
         units_rng = torch.Generator().manual_seed(cfg.seed)
         self.units = probes.sample_units(model, self.act_modules, p.activations.units, units_rng)

@@ -19,6 +19,7 @@ Every probe
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
@@ -136,8 +137,7 @@ def landscape_multipliers(start: float, stop: float, num: int, spacing: str) -> 
     if spacing == "linear":
         values = torch.linspace(start, stop, num, dtype=torch.float64)
     elif spacing == "log":
-        values = torch.logspace(torch.log10(torch.tensor(start)), torch.log10(torch.tensor(stop)), num,
-                                dtype=torch.float64)
+        values = torch.logspace(math.log10(start), math.log10(stop), num, dtype=torch.float64)
     else:
         raise ValueError(f"spacing must be 'linear' or 'log', got {spacing!r}")
     return values.tolist()

@@ -16,15 +16,19 @@ paper's layer number (conv/linear layers counted from 1), 0 for whole-model metr
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 
-from bnlab.config import run_key
+from bnlab.config import probes_enabled, run_key, trajectory_identity
 
 FINISHED = ("finished", "diverged")
+log = logging.getLogger(__name__)
 
 
 def runs_root(cfg: DictConfig) -> Path:
@@ -72,8 +76,31 @@ def read_summary(directory: Path) -> dict | None:
 
 
 def is_finished(directory: Path) -> bool:
+    """A run counts as done when its summary says finished/diverged and its metrics file is readable;
+    a damaged run is trained again rather than drawn from."""
     summary = read_summary(directory)
-    return bool(summary) and summary.get("status") in FINISHED and (Path(directory) / "metrics.parquet").exists()
+    if not summary or summary.get("status") not in FINISHED:
+        return False
+    try:
+        pq.read_metadata(Path(directory) / "metrics.parquet")
+    except (OSError, pa.ArrowException) as exc:
+        log.warning("run %s has unreadable metrics (%s); it will be trained again", directory, exc)
+        return False
+    return True
+
+
+def find_run(cfg: DictConfig) -> Path:
+    """Where the run `cfg` lives: its own directory, or, for a run without probes that is not in the store,
+    a finished probed run with the same trajectory (its training metrics are the same, bit for bit)."""
+    own = run_dir(cfg)
+    if is_finished(own) or probes_enabled(cfg):
+        return own
+    prefix = own.name.rsplit("-", 1)[0] + "-"  # model-norm-lr-seed: every candidate shares it
+    wanted = trajectory_identity(cfg)
+    for candidate in sorted(own.parent.glob(prefix + "*")):
+        if candidate != own and is_finished(candidate) and trajectory_identity(read_config(candidate)) == wanted:
+            return candidate
+    return own
 
 
 def read_metrics(directory: Path) -> pd.DataFrame:

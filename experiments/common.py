@@ -86,7 +86,7 @@ class MissingRuns(RuntimeError):
 def load(cfgs: list[DictConfig]) -> list[Run]:
     runs, missing = [], []
     for cfg in cfgs:
-        directory = store.run_dir(cfg)
+        directory = store.find_run(cfg)
         (runs if store.is_finished(directory) else missing).append(Run(cfg, directory))
     if missing:
         names = "\n  ".join(str(r.directory) for r in missing[:10])
@@ -149,7 +149,9 @@ def range_band(ax, tables: list[pd.DataFrame], label: str, color: str, alpha: fl
 def steps_axis(ax, steps: int):
     ax.set_xlabel("Steps")
     ax.set_xlim(0, steps)
-    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v / 1000:g}k" if v else "0"))
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(5, integer=True))
+    if steps >= 2000:  # the paper's "5k, 10k" labels
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v / 1000:g}k" if v else "0"))
 
 
 # ----------------------------------------------------------------------------------------- claims

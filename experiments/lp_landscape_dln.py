@@ -26,6 +26,6 @@ def claims(runs):
     for norm in NORMS[1:]:
         ok, text, values = compare(runs, norm, early=False)
         out.append(Claim(claim=f"DLN: {norm} has smaller loss range, gradient predictiveness and beta than standard "
-                               "(medians over training, norm vs standard)",
+                               "(median and peak over training, norm vs standard)",
                          paper="Fig 13: all normalizations below standard", measured=text, holds=ok, values=values))
     return out

@@ -39,8 +39,10 @@ def claims(runs):
                     "and below standard's)",
               paper="Fig 5b: l1, l2, l-inf curves near or below BN's, all far below standard's",
               measured="final loss: " + measured, holds=comparable, values=final),
-        Claim(claim="DLN: l1 normalization reaches a lower loss than BatchNorm",
+        # DLN losses settle on plateaus shared by different runs (see README), so equal to 3 digits is a
+        # tie, not a win: l1 must be clearly lower.
+        Claim(claim="DLN: l1 normalization reaches a lower loss than BatchNorm (by more than 10%)",
               paper="final loss about 1e2 (l1) vs 5e2 (BN)",
               measured=f"final loss l1 {spread(final['l1'])} vs BN {spread(final['batch'])}",
-              holds=geo["l1"] < geo["batch"], values={"l1": final["l1"], "batch": final["batch"]}),
+              holds=geo["l1"] < 0.9 * geo["batch"], values={"l1": final["l1"], "batch": final["batch"]}),
     ]

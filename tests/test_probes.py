@@ -132,11 +132,11 @@ def naive_landscape(model, x, y, lr, multipliers):
     for m in multipliers:
         point = copy.deepcopy(model)
         with torch.no_grad():
-            for p, t, gi in zip(point.parameters(), theta, g):
+            for p, t, gi in zip(point.parameters(), theta, g, strict=True):
                 p.copy_(t - m * lr * gi)
         loss = cross_entropy(point(x), y)
         loss.backward()
-        d = torch.sqrt(sum(((p.grad - gi) ** 2).sum() for p, gi in zip(point.parameters(), g)))
+        d = torch.sqrt(sum(((p.grad - gi) ** 2).sum() for p, gi in zip(point.parameters(), g, strict=True)))
         step = m * lr * torch.sqrt(sum((gi ** 2).sum() for gi in g))
         losses.append(loss.item()), diffs.append(d.item()), betas.append((d / step).item())
     return losses, diffs, max(betas)

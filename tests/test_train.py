@@ -47,6 +47,28 @@ def test_finished_run_is_reused_not_rerun(runs_dir):
     assert (directory / "metrics.parquet").stat().st_mtime_ns == stamp
 
 
+@pytest.mark.parametrize("damage", ["metrics", "summary"])
+def test_damaged_run_is_trained_again(runs_dir, damage):
+    cfg = tiny(runs_dir, "probes=none")
+    directory = run(cfg)
+    target = directory / ("metrics.parquet" if damage == "metrics" else "summary.json")
+    target.write_bytes(b"garbage")
+    assert not store.is_finished(directory)
+    assert run(cfg) == directory and store.is_finished(directory)
+    assert len(losses(directory)) == 30
+
+
+def test_run_without_probes_is_served_by_a_probed_twin(runs_dir):
+    probed = run(tiny(runs_dir, "norm=batch"))
+    plain = tiny(runs_dir, "norm=batch", "probes=none")
+    assert store.find_run(plain) == probed
+    assert run(plain) == probed and not store.run_dir(plain).exists()  # nothing trained
+    other = tiny(runs_dir, "norm=batch", "probes=none", "optim.lr=2e-6")  # another trajectory: no twin
+    assert store.find_run(other) == store.run_dir(other)
+    probed_elsewhere = tiny(runs_dir, "norm=batch", "probes.every=5")  # a probed run is never substituted
+    assert store.find_run(probed_elsewhere) == store.run_dir(probed_elsewhere)
+
+
 def test_divergence_marks_the_run_and_does_not_raise(runs_dir):
     directory = run(tiny(runs_dir, "optim.lr=1.0", "probes=none", "train.steps=200"))
     summary = store.read_summary(directory)

@@ -1,0 +1,99 @@
+"""`make bench` (DLN part): bnlab's training loop against the straightforward one, side by side.
+
+Items (results/bench/<machine>.json and the README's table):
+- per-step time of a BatchNorm DLN step: a plain eager nn.Module loop (BatchNorm written out as mean /
+  var / normalize, torch.optim.SGD) vs bnlab's loop without probes; interleaved repetitions, medians;
+- one paper-scale BatchNorm DLN run (10k full-batch steps) with ICS, landscape, activation and sigma
+  probes every 50 steps, end to end through bnlab.train.run (target: under 60 s on a 2-core CPU).
+"""
+
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from bnlab.config import compose
+from bnlab.train import Trainer, run
+
+torch.set_num_threads(1)
+REPEATS, STEPS = 5, 200
+
+
+class PlainBatchNorm(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.weight, self.bias = nn.Parameter(torch.ones(width)), nn.Parameter(torch.zeros(width))
+
+    def forward(self, x):
+        mean, var = x.mean(0), x.var(0, unbiased=False)
+        return (x - mean) / torch.sqrt(var + 1e-5) * self.weight + self.bias
+
+
+def plain_model():
+    layers = []
+    for i in range(25):
+        layers.append(nn.Linear(10, 10, bias=False))
+        if i < 24:
+            layers.append(PlainBatchNorm(10))
+    return nn.Sequential(*layers)
+
+
+def time_steps(step) -> float:
+    step()
+    started = time.perf_counter()
+    for _ in range(STEPS):
+        step()
+    return (time.perf_counter() - started) / STEPS
+
+
+def main():
+    x, a = torch.randn(1000, 10), torch.randn(10, 10)
+    y = x @ a.T
+    model = plain_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-6)
+
+    def plain_step():
+        optimizer.zero_grad()
+        loss = ((model(x) - y) ** 2).sum() / 2
+        loss.backward()
+        optimizer.step()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        common = ["norm=batch", "logger=none", "runtime.progress=false", f"runtime.runs_dir={tmp}"]
+        trainer = Trainer(compose([*common, "probes=none"]), Path(tmp) / "bench")
+        counter = iter(range(10**9))
+
+        def bnlab_step():
+            trainer.step(next(counter))
+
+        plain, ours = [], []
+        for _ in range(REPEATS):  # interleaved, so both see the same machine load
+            plain.append(time_steps(plain_step))
+            ours.append(time_steps(bnlab_step))
+        started = time.perf_counter()
+        run(compose(common))
+        full_run = time.perf_counter() - started
+
+    plain_ms, ours_ms = statistics.median(plain) * 1e3, statistics.median(ours) * 1e3
+    result = {
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch thread(s), {platform.processor() or 'cpu'}",
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "bn_dln_step_ms": {"plain_eager_loop": round(plain_ms, 3), "bnlab": round(ours_ms, 3),
+                           "ratio_bnlab_over_plain": round(ours_ms / plain_ms, 3)},
+        "paper_bn_dln_run_with_probes_every_50_s": round(full_run, 1),
+    }
+    out = Path("results/bench")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cpu.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

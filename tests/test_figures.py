@@ -1,0 +1,41 @@
+"""A figure end to end at a tiny scale: train the sweep, draw, write claims; then redraw without training."""
+
+import json
+
+import pytest
+
+from bnlab.figure_cli import main
+
+TINY = ["train.steps=60", "probes.every=20", "runtime.log_every=20", "logger=none"]
+
+
+@pytest.mark.slow
+def test_smoke_figure_end_to_end_and_redraw(tmp_path, runs_dir, capsys):
+    out = tmp_path / "results"
+    assert main(["figure3", "--scale", "smoke", "--train", "--jobs", "1", "--out", str(out), *TINY]) == 0
+    png = out / "smoke" / "figure3.png"
+    assert png.exists() and png.stat().st_size > 20_000
+    claims = json.loads((out / "smoke" / "claims.json").read_text())["figure3"]
+    assert claims["seeds"] == 1 and claims["claims"][0]["measured"].startswith("lr 1e-06: cos standard")
+    readme = (out / "smoke" / "README.md").read_text()
+    assert "## figure3" in readme and "| claim | paper | measured | holds |" in readme
+    first = capsys.readouterr().out
+    assert "4 distinct runs needed: 0 already in the store, 0 to be served by a probed run" in first
+
+    png.unlink()
+    assert main(["figure3", "--scale", "smoke", "--out", str(out), *TINY]) == 0  # no --train: redraw only
+    assert png.exists()
+    assert "to train" not in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_every_dln_figure_draws(tmp_path, runs_dir):
+    from experiments import FIGURES
+
+    out = tmp_path / "results"
+    assert main(["all", "--scale", "smoke", "--train", "--jobs", "2", "--out", str(out), *TINY]) == 0
+    for name in FIGURES:
+        assert (out / "smoke" / f"{name}.png").stat().st_size > 20_000, name
+    claims = json.loads((out / "smoke" / "claims.json").read_text())
+    assert sorted(claims) == sorted(FIGURES)
+    assert all(isinstance(c["holds"], bool) and c["measured"] for f in claims.values() for c in f["claims"])
