@@ -139,11 +139,11 @@ def mean_band(ax, series: list[pd.Series], label: str, color: str, log: bool = F
 
 
 def range_band(ax, tables: list[pd.DataFrame], label: str, color: str, alpha: float = 0.5):
-    """The paper's landscape bands: [min over multipliers, max over multipliers] at each step, averaged
-    over seeds (geometric mean of the band edges)."""
-    lo = stack([np.log10(t.min(1)) for t in tables]).mean(1)
-    hi = stack([np.log10(t.max(1)) for t in tables]).mean(1)
-    ax.fill_between(lo.index, 10 ** lo.values, 10 ** hi.values, color=color, alpha=alpha, label=label, linewidth=0)
+    """The paper's landscape bands: [min over multipliers, max over multipliers] at each step, as the
+    envelope over seeds, so that one seed's spike shows at its full height (an average would hide it)."""
+    lo = stack([t.min(1) for t in tables]).min(1)
+    hi = stack([t.max(1) for t in tables]).max(1)
+    ax.fill_between(lo.index, lo.values, hi.values, color=color, alpha=alpha, label=label, linewidth=0)
 
 
 def steps_axis(ax, steps: int):

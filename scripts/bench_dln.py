@@ -8,6 +8,7 @@ Items (results/bench/<machine>.json and the README's table):
 """
 
 import json
+import os
 import platform
 import statistics
 import sys
@@ -42,6 +43,16 @@ def plain_model():
         if i < 24:
             layers.append(PlainBatchNorm(10))
     return nn.Sequential(*layers)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown cpu"
 
 
 def time_steps(step) -> float:
@@ -82,7 +93,7 @@ def main():
 
     plain_ms, ours_ms = statistics.median(plain) * 1e3, statistics.median(ours) * 1e3
     result = {
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch thread(s), {platform.processor() or 'cpu'}",
+        "machine": f"{cpu_model()}, {os.cpu_count()} cores ({torch.get_num_threads()} torch thread)",
         "torch": torch.__version__,
         "python": sys.version.split()[0],
         "bn_dln_step_ms": {"plain_eager_loop": round(plain_ms, 3), "bnlab": round(ours_ms, 3),
