@@ -211,6 +211,27 @@ def _producing_layer(model: nn.Module, module_name: str) -> nn.Module:
     raise KeyError(f"model has no module {module_name!r}")
 
 
+def _capture(model: nn.Module, inputs: torch.Tensor, modules: Mapping[object, nn.Module], inputs_of: bool) -> dict:
+    """One measured forward pass; returns {key: output (or first input) of modules[key]}, detached."""
+    captured = {}
+
+    def hook_for(key):
+        def hook(_module, args, output=None):
+            captured[key] = (args[0] if inputs_of else output).detach()
+        return hook
+
+    handles = [m.register_forward_pre_hook(hook_for(k)) if inputs_of else m.register_forward_hook(hook_for(k))
+               for k, m in modules.items()]
+    try:
+        with _Measurement(model, _device_of(model, inputs)) as m, torch.no_grad():
+            m.replay()
+            model(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured
+
+
 def activation_stats(model: nn.Module, inputs: torch.Tensor, modules: Mapping, units: Mapping,
                      quantiles: Sequence[float] = DEFAULT_QUANTILES) -> dict:
     """Distribution over the batch (and spatial positions) of chosen units of chosen modules' outputs.
@@ -219,23 +240,9 @@ def activation_stats(model: nn.Module, inputs: torch.Tensor, modules: Mapping, u
     the unit (channel) indices to record. Returns {key: {"mean", "var", "quantiles"}}, each a tensor with
     one row per unit ("quantiles" has one column per entry of `quantiles`).
     """
-    captured = {}
-
-    def hook_for(key):
-        def hook(_module, _inputs, output):
-            captured[key] = output.detach()
-        return hook
-
-    handles = [model.get_submodule(name).register_forward_hook(hook_for(key)) for key, name in modules.items()]
-    try:
-        with _Measurement(model, _device_of(model, inputs)) as m, torch.no_grad():
-            m.replay()
-            model(inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
+    outputs = _capture(model, inputs, {k: model.get_submodule(n) for k, n in modules.items()}, inputs_of=False)
     stats = {}
-    for key, act in captured.items():
+    for key, act in outputs.items():
         values = act.index_select(1, units[key].to(act.device)).transpose(0, 1).reshape(len(units[key]), -1).double()
         q = torch.tensor(list(quantiles), dtype=values.dtype, device=values.device)
         stats[key] = {"mean": values.mean(1), "var": values.var(1, unbiased=False),
@@ -252,24 +259,8 @@ def batchnorm_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 def bn_input_sigma(model: nn.Module, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per-unit standard deviation (over batch and spatial positions, biased) of each BatchNorm layer's
     input: the sigma_j that BatchNorm divides by (paper section 4). {module name: tensor (units,)}."""
-    captured = {}
-
-    def hook_for(name):
-        def hook(_module, args):
-            x = args[0].detach()
-            dims = [0, *range(2, x.dim())]
-            captured[name] = x.double().var(dims, unbiased=False).sqrt()
-        return hook
-
-    handles = [m.register_forward_pre_hook(hook_for(name)) for name, m in batchnorm_layers(model)]
-    try:
-        with _Measurement(model, _device_of(model, inputs)) as meas, torch.no_grad():
-            meas.replay()
-            model(inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return captured
+    layer_inputs = _capture(model, inputs, dict(batchnorm_layers(model)), inputs_of=True)
+    return {name: x.double().var([0, *range(2, x.dim())], unbiased=False).sqrt() for name, x in layer_inputs.items()}
 
 
 def _tensors_to_floats(result: dict) -> dict:

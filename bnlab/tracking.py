@@ -14,14 +14,15 @@ class WandbRun:
     def __init__(self, cfg, directory: Path, key: str, identity: dict):
         self.run = None
         settings = cfg.logger.wandb
-        if not settings.enabled or settings.mode == "disabled":
+        mode = settings.mode or "offline"  # WANDB_MODE set but empty means the default
+        if not settings.enabled or mode == "disabled":
             return
         try:
             import wandb
 
             self.run = wandb.init(
                 project=settings.project, entity=settings.entity, group=settings.group, name=key,
-                id=re.sub(r"[^A-Za-z0-9_-]", "_", key), dir=str(directory), mode=settings.mode,
+                id=re.sub(r"[^A-Za-z0-9_-]", "_", key), dir=str(directory), mode=mode,
                 config={**identity, "scale": cfg.scale.name, "experiment": cfg.experiment_name},
                 resume="allow", reinit="finish_previous", settings=wandb.Settings(silent=True, console="off"),
             )

@@ -133,8 +133,10 @@ class Trainer:
         flushed = self.rows.flush()
         by_step: dict[int, dict[str, float]] = {}
         diverged_at, last_loss = None, None
+        stride = self.cfg.logger.wandb.every_n_steps
         for step, metric, layer, value in flushed:
-            by_step.setdefault(step, {})[metric if layer == 0 else f"{metric}/layer{layer}"] = value
+            if metric not in ("loss", "accuracy") or step % stride == 0:
+                by_step.setdefault(step, {})[metric if layer == 0 else f"{metric}/layer{layer}"] = value
             if metric == "loss":
                 last_loss = value
                 if diverged_at is None and not math.isfinite(value):

@@ -97,14 +97,36 @@ def test_noise_without_batchnorm_is_an_option(runs_dir):
     assert losses(directory) != losses(run(tiny(runs_dir, "norm=none", "probes=none")))
 
 
-def test_wandb_offline_run_files(runs_dir, monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "offline")
+@pytest.mark.parametrize("env_mode", ["offline", ""])  # set but empty: the default, offline
+def test_wandb_offline_run_files(runs_dir, monkeypatch, env_mode):
+    monkeypatch.setenv("WANDB_MODE", env_mode)
     directory = run(tiny(runs_dir, "probes=none", "experiment_name=wandb-test", logger="wandb"))
     offline = list((directory / "wandb").glob("offline-run-*"))
     assert len(offline) == 1
     files = list(offline[0].glob("run-*.wandb"))
     assert files and files[0].stat().st_size > 0
     assert directory.name in files[0].name
+
+
+def test_wandb_receives_strided_loss_and_every_probe_metric(runs_dir, monkeypatch):
+    import wandb
+
+    logged = []
+
+    class FakeRun:
+        summary = {}
+
+        def log(self, metrics, step):
+            logged.append((step, metrics))
+
+        def finish(self):
+            pass
+
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: FakeRun())
+    run(tiny(runs_dir, "logger.wandb.every_n_steps=4", logger="wandb"))
+    loss_steps = [step for step, m in logged if "loss" in m]
+    assert loss_steps == list(range(0, 30, 4))
+    assert [step for step, m in logged if "ics_cos/layer9" in m] == [0, 10, 20]
 
 
 def test_wandb_failure_does_not_fail_the_run(runs_dir, monkeypatch):
