@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from bnlab import probes
+from bnlab.config import probes_enabled
 from bnlab.metrics import MetricRows
 
 
@@ -31,7 +32,7 @@ class ProbeSchedule:
         units_rng = torch.Generator().manual_seed(cfg.seed)
         self.units = probes.sample_units(model, self.act_modules, p.activations.units, units_rng)
         self.bn_numbers = self._batchnorm_layer_numbers()
-        self.any_enabled = any(p[k].enabled for k in ("ics", "landscape", "activations", "bn_sigma"))
+        self.any_enabled = probes_enabled(cfg)
 
     def _batchnorm_layer_numbers(self) -> dict[str, int]:
         """A BatchNorm layer carries the number of the conv/linear layer it follows."""

@@ -4,6 +4,7 @@ unit's values over the batch at each probe step."""
 
 import matplotlib.pyplot as plt
 
+from bnlab import store
 from experiments.common import NORM_STYLE, select, steps_axis
 
 NORMS = ("none", "batch")
@@ -11,10 +12,15 @@ BANDS = ((0.02, 0.98, 0.15), (0.1, 0.9, 0.25), (0.25, 0.75, 0.4))
 
 
 def quantile_fan(ax, run, layer, color):
-    table = run.metrics[(run.metrics.layer == layer) & run.metrics.metric.str.startswith("act_q")]
-    unit = sorted(table.metric.str.extract(r"#u(\d+)")[0].astype(int).unique())[0]
-    q = {float(name.split("#")[0][5:]): s.set_index("step")["value"]
-         for name, s in table[table.metric.str.endswith(f"#u{unit}")].groupby("metric", observed=True)}
+    """Fan of the first sampled unit of `layer`; returns that unit's index."""
+    m = run.metrics[run.metrics.layer == layer]
+    tags = store.split_metric(m.metric)
+    quantile_rows = tags.base.str.startswith("act_q").to_numpy()
+    m, tags = m[quantile_rows], tags[quantile_rows]
+    unit = int(tags.unit.min())
+    mine = (tags.unit == unit).to_numpy()
+    q = {float(base[len("act_q"):]): rows.set_index("step")["value"]
+         for base, rows in m[mine].groupby(tags.base[mine].to_numpy())}
     for lo, hi, alpha in BANDS:
         if lo in q and hi in q:
             ax.fill_between(q[lo].index, q[lo].values, q[hi].values, color=color, alpha=alpha, linewidth=0)
