@@ -1,8 +1,9 @@
 """Config composition, validation and run identity.
 
 A run's identity (its key) is the resolved config minus the `runtime`, `logger` and `experiment_name`
-sections and the sweep helper `optim.lr_factor`: everything that changes what is computed, and nothing
-that only changes how or where.
+sections, the sweep helper `optim.lr_factor`, where the data live and how they are read (`DATA_LOCATION`),
+and the scale settings of other models: everything that changes what is computed, and nothing that only
+changes how or where.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 NOT_IDENTITY = ("runtime", "logger", "experiment_name", "hydra")
+DATA_LOCATION = ("root", "cache_dir", "download", "sha256")
 
 if not OmegaConf.has_resolver("mul"):
     OmegaConf.register_new_resolver("mul", lambda a, b: float(a) * float(b))
@@ -42,9 +44,15 @@ def compose(overrides: list[str] | None = None, with_hydra: bool = False) -> Dic
 
 
 def resolved(cfg: DictConfig) -> DictConfig:
-    """A resolved, struct-mode copy without the hydra section."""
+    """A resolved, struct-mode copy without the hydra section. `data.source: auto` becomes the source
+    actually found under data.root, so that it is part of the run's identity."""
     container = OmegaConf.to_container(cfg, resolve=True)
     container.pop("hydra", None)
+    data = container.get("data", {})
+    if data.get("source") == "auto":
+        from bnlab.cifar10 import resolve_source
+
+        data["source"] = resolve_source(Path(data["root"]), "auto")
     out = OmegaConf.create(container)
     OmegaConf.set_struct(out, True)
     return out
@@ -82,6 +90,8 @@ def validate(cfg: DictConfig) -> None:
     _check(c.n_sigma >= 1, "norm.noise.constants.n_sigma", c.n_sigma, "a number >= 1")
     _check(c.r_mu >= 0, "norm.noise.constants.r_mu", c.r_mu, "a number >= 0")
     _check(c.r_sigma >= 0, "norm.noise.constants.r_sigma", c.r_sigma, "a number >= 0")
+    if cfg.model.name == "vgg":
+        _validate_vgg(cfg)
     if cfg.model.name == "dln":
         _positive(cfg, "model.width", integer=True)
         _positive(cfg, "model.depth", integer=True)
@@ -91,6 +101,25 @@ def validate(cfg: DictConfig) -> None:
         _check(cfg.data.loss in ("sum", "half_sum", "mean"), "data.loss", cfg.data.loss, "sum, half_sum, mean")
     _validate_probes(cfg, num_layers(cfg))
     _validate_runtime(cfg)
+
+
+def _validate_vgg(cfg):
+    from bnlab.cifar10 import SOURCES
+    from bnlab.models.vgg import LAYOUTS
+
+    _check(cfg.data.name == "cifar10", "data", cfg.data.name, "cifar10, cifar10_jpeg (VGG trains on CIFAR-10)")
+    _check(cfg.model.depth in LAYOUTS, "model.depth", cfg.model.depth, ", ".join(LAYOUTS))
+    _positive(cfg, "model.width")
+    _check(cfg.data.source in SOURCES, "data.source", cfg.data.source, ", ".join(SOURCES))
+    _positive(cfg, "data.batch_size", integer=True)
+    _positive(cfg, "data.eval.every", integer=True)
+    _positive(cfg, "data.eval.batch_size", integer=True)
+    for key in ("data.train_subset", "data.eval.train_examples", "data.eval.test_examples"):
+        if OmegaConf.select(cfg, key) is not None:
+            _positive(cfg, key, integer=True)
+    subset = cfg.data.train_subset
+    _check(subset is None or subset >= cfg.data.batch_size, "data.train_subset", subset,
+           f"null or at least data.batch_size ({cfg.data.batch_size}) images")
 
 
 def _validate_probes(cfg, layers: int):
@@ -139,6 +168,13 @@ def identity(cfg: DictConfig) -> dict:
     for key in NOT_IDENTITY:
         container.pop(key, None)
     container.get("optim", {}).pop("lr_factor", None)
+    for key in DATA_LOCATION:
+        container.get("data", {}).pop(key, None)
+    container.get("data", {}).get("eval", {}).pop("batch_size", None)
+    model = container.get("model", {}).get("name")
+    scale = container.get("scale", {})
+    for other in [k for k, v in scale.items() if isinstance(v, dict) and k != model]:
+        scale.pop(other)
     return container
 
 

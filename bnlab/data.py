@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 class GaussianRegression:
@@ -36,9 +37,89 @@ class GaussianRegression:
         return squared
 
 
+class ImageClassification:
+    """CIFAR-10 as the training loop sees it: the images resident on the training device, standardized per
+    channel, and batches drawn there.
+
+    Each epoch is a permutation of the training images drawn from (seed, epoch) alone, so every variant
+    trained with one seed sees the same batches in the same order (paired comparisons); the last partial
+    batch of an epoch is dropped. Augmentation (random crop after zero padding of 4, horizontal flip) runs
+    on the device from its own generator, seeded likewise.
+    """
+
+    classification = True
+
+    def __init__(self, data: dict, batch_size: int, seed: int, train_subset: int | None, augment: bool,
+                 eval_train_examples: int, eval_test_examples: int | None, device: torch.device, dtype: torch.dtype):
+        train_x, train_y = data["train_x"], data["train_y"]
+        copy = {"jpeg": "JPEG copy", "torchvision": "torchvision files"}.get(data.get("source"), "given tensors")
+        self.description = f"CIFAR-10 ({copy}, sha256 {data.get('sha256', '?')[:16]})"
+        if train_subset is not None:  # a fixed subset, the same for every run (not drawn from the run's seed)
+            keep = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(0))[:train_subset].sort().values
+            train_x, train_y = train_x[keep], train_y[keep]
+        pixels = train_x.double() / 255
+        self.mean = pixels.mean((0, 2, 3)).view(1, 3, 1, 1)
+        self.std = pixels.std((0, 2, 3)).view(1, 3, 1, 1)
+        self.device, self.dtype = device, dtype
+        self.train_x, self.train_y = self._standardize(train_x), train_y.to(device)
+        self.batch_size, self.seed, self.augment = batch_size, seed, augment
+        self.batches_per_epoch = len(train_y) // batch_size
+        self._epoch, self._order = -1, None
+        # Evaluation sets: fixed random subsets (the same for every run) of the training images and of the
+        # test set; None means all of it.
+        self.eval_sets = {"train": _fixed_subset(self.train_x, self.train_y, eval_train_examples),
+                          "test": _fixed_subset(self._standardize(data["test_x"]), data["test_y"].to(device),
+                                                eval_test_examples)}
+
+    def _standardize(self, images: torch.Tensor) -> torch.Tensor:
+        return ((images.double() / 255 - self.mean) / self.std).to(self.device, self.dtype)
+
+    def train_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, index = divmod(step, self.batches_per_epoch)
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._epoch, self._order = epoch, torch.randperm(len(self.train_y), generator=g).to(self.device)
+        chosen = self._order[index * self.batch_size:(index + 1) * self.batch_size]
+        x, y = self.train_x[chosen], self.train_y[chosen]
+        if self.augment:
+            x = augment(x, torch.Generator(x.device).manual_seed(self.seed * 1_000_003 + step + 1))
+        return x, y
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(outputs, targets)
+
+
+def _fixed_subset(x: torch.Tensor, y: torch.Tensor, count: int | None):
+    if count is None or count >= len(y):
+        return x, y
+    keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(1))[:count].sort().values.to(y.device)
+    return x[keep], y[keep]
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop of each image after zero padding by `pad`, and a horizontal flip with probability 1/2."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator, device=x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator, device=x.device)
+    rows = (dy + torch.arange(h, device=x.device)).view(n, 1, h, 1)
+    cols = (dx + torch.arange(w, device=x.device)).view(n, 1, 1, w)
+    flip = torch.rand(n, generator=generator, device=x.device) < 0.5
+    cols = torch.where(flip.view(n, 1, 1, 1), cols.flip(-1), cols)
+    batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)
+    channel = torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1)
+    return padded[batch, channel, rows, cols]
+
+
 def build_data(cfg, device: torch.device, dtype: torch.dtype):
     d = cfg.data
     if d.name == "gaussian":
         return GaussianRegression(cfg.model.width, d.num_samples, d.seed, d.input_std, d.target_std, d.loss,
                                   device, dtype)
-    raise ValueError(f"data.name: unknown dataset {d.name!r}; allowed: gaussian")
+    if d.name == "cifar10":
+        from bnlab import cifar10
+
+        images = cifar10.load(d.root, d.source, d.cache_dir, d.download, d.sha256)
+        return ImageClassification(images, d.batch_size, d.seed, d.train_subset, d.augment,
+                                   d.eval.train_examples, d.eval.test_examples, device, dtype)
+    raise ValueError(f"data.name: unknown dataset {d.name!r}; allowed: gaussian, cifar10")

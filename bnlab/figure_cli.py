@@ -44,9 +44,40 @@ def _trajectory(cfg) -> str:
 
 
 def _expected_cost(cfg) -> float:
-    """Rough relative cost, to start long runs first (measured per-step times of the DLN on a CPU)."""
-    per_step = {"none": 1.5, "batch": 2.6, "l1": 3.9, "l2": 3.9, "linf": 5.0}.get(cfg.norm.kind, 3.0)
+    """Rough relative cost, to start long runs first (measured per-step times on a CPU: the DLN's by norm,
+    VGG's scaled by its width)."""
+    if cfg.model.name == "vgg":
+        per_step = 50.0 * (8 * cfg.model.width) ** 2
+    else:
+        per_step = {"none": 1.5, "batch": 2.6, "l1": 3.9, "l2": 3.9, "linf": 5.0}.get(cfg.norm.kind, 3.0)
     return cfg.train.steps * per_step * (1.7 if probes_enabled(cfg) else 1.0)
+
+
+def prepare_data(cfgs) -> None:
+    """Decode each dataset the runs need into its cache once, here, before any run starts: a missing or
+    corrupted dataset fails now, and parallel runs do not all decode it."""
+    from bnlab import cifar10
+
+    seen = set()
+    for cfg in cfgs:
+        d = cfg.data
+        if d.name != "cifar10" or (d.root, d.source, d.cache_dir) in seen:
+            continue
+        seen.add((d.root, d.source, d.cache_dir))
+        cifar10.load(d.root, d.source, d.cache_dir, d.download, d.sha256)
+
+
+def _warn_if_slow(cfgs, jobs: int) -> None:
+    """Full-width VGG on a CPU takes hours per run (0.8 s per VGG16 step measured on 2 cores): say so first."""
+    from bnlab.train import resolve_device
+
+    heavy = [c for c in cfgs if c.model.name == "vgg" and resolve_device(c.runtime.device).type == "cpu"
+             and c.model.width >= 0.5]
+    if heavy:
+        hours = sum(c.train.steps * 0.8 * (8 * c.model.width) ** 2 / 64 for c in heavy) / 3600 / jobs
+        print(f"warning: {len(heavy)} VGG runs at width >= 0.5 will train on the CPU (no GPU here): roughly "
+              f"{hours:.0f} hours. Paper-scale VGG needs a GPU; SCALE=smoke runs every figure on a CPU.",
+              file=sys.stderr, flush=True)
 
 
 def train_missing(cfgs, jobs: int) -> None:
@@ -58,10 +89,12 @@ def train_missing(cfgs, jobs: int) -> None:
     probed = {_trajectory(c) for d, c in needed.items() if d not in stored and probes_enabled(c)}
     twins = {d for d, c in needed.items() if d not in stored and not probes_enabled(c) and _trajectory(c) in probed}
     todo = {d: cfg for d, cfg in needed.items() if d not in stored and d not in twins}
+    prepare_data(todo.values())
     print(f"{len(needed)} distinct runs needed: {len(stored)} already in the store, {len(twins)} to be served by a "
           f"probed run of the same trajectory, {len(todo)} to train ({jobs} at a time)", flush=True)
     if not todo:
         return
+    _warn_if_slow(todo.values(), jobs)
     containers = []
     for cfg in sorted(todo.values(), key=_expected_cost, reverse=True):  # longest first: no idle core at the end
         c = OmegaConf.to_container(cfg)
@@ -88,7 +121,8 @@ def draw(name: str, scale: str, seeds: int, overrides: list[str], out_root: Path
     module.draw(runs, out_dir / f"{name}.png")
     claims = module.claims(runs)
     notes = " ".join((module.__doc__ or "").strip().split("\n\n")[0].split())
-    write_results(out_dir, name, claims, notes, seeds, scale)
+    datasets = sorted({r.summary.get("data", "?") for r in runs})
+    write_results(out_dir, name, claims, notes, seeds, scale, datasets)
     print(f"\n{name}: drew {out_dir / (name + '.png')} from {len(runs)} runs")
     for c in claims:
         print(f"  [{'holds' if c.holds else 'DOES NOT HOLD'}] {c.claim}\n      measured: {c.measured}")
@@ -120,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
 
+    from bnlab.cifar10 import DataError
     from bnlab.config import ConfigError, compose, validate
     from experiments.common import MissingRuns, sweep
 
@@ -135,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             train_missing([c for group in cfgs.values() for c in group], args.jobs)
         for name in names:
             draw(name, args.scale, seeds, args.overrides, args.out)
-    except (MissingRuns, ConfigError) as exc:
+    except (MissingRuns, ConfigError, DataError) as exc:
         print(f"bnlab-figure: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # Hydra's composition errors name the bad group or key

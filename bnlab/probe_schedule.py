@@ -45,11 +45,21 @@ class ProbeSchedule:
         return numbers
 
     def due(self, step: int) -> bool:
-        return self.any_enabled and step % self.cfg.every == 0
+        return self.any_enabled and (step % self.cfg.every == 0 or self._activations_due(step))
+
+    def _activations_due(self, step: int) -> bool:
+        """Activations are also recorded the step after each probe step when `consecutive` is set, for the
+        moment changes between successive steps (figure 8)."""
+        a = self.cfg.activations
+        return a.enabled and (step % self.cfg.every == 0 or (a.consecutive and step % self.cfg.every == 1))
 
     def before_step(self, step: int, x, y, rows: MetricRows) -> None:
         p = self.cfg
         self.rng_before = _rng_state(x.device)
+        if self._activations_due(step):
+            self._record_activations(step, x, rows)
+        if step % p.every != 0:
+            return
         if p.ics.enabled:
             self.theta_t = {n: t.detach().clone() for n, t in self.model.named_parameters()}
         if p.landscape.enabled:
@@ -59,14 +69,6 @@ class ProbeSchedule:
                 rows.add(step, f"landscape_loss@{mult:g}", 0, loss)
                 rows.add(step, f"grad_diff@{mult:g}", 0, diff)
             rows.add(step, "beta", 0, out["beta"])
-        if p.activations.enabled:
-            stats = probes.activation_stats(self.model, x, self.act_modules, self.units, p.activations.quantiles)
-            for layer, s in stats.items():
-                for row, unit in enumerate(self.units[layer].tolist()):
-                    rows.add(step, f"act_mean#u{unit}", layer, s["mean"][row])
-                    rows.add(step, f"act_var#u{unit}", layer, s["var"][row])
-                    for q, value in zip(p.activations.quantiles, s["quantiles"][row], strict=True):
-                        rows.add(step, f"act_q{q:g}#u{unit}", layer, value)
         if p.bn_sigma.enabled and self.bn_numbers:
             for name, sigma in probes.bn_input_sigma(self.model, x).items():
                 layer = self.bn_numbers[name]
@@ -74,8 +76,18 @@ class ProbeSchedule:
                 rows.add(step, "bn_sigma_median", layer, sigma.median())
                 rows.add(step, "bn_sigma_max", layer, sigma.max())
 
+    def _record_activations(self, step: int, x, rows: MetricRows) -> None:
+        quantiles = self.cfg.activations.quantiles
+        stats = probes.activation_stats(self.model, x, self.act_modules, self.units, quantiles)
+        for layer, s in stats.items():
+            for row, unit in enumerate(self.units[layer].tolist()):
+                rows.add(step, f"act_mean#u{unit}", layer, s["mean"][row])
+                rows.add(step, f"act_var#u{unit}", layer, s["var"][row])
+                for q, value in zip(quantiles, s["quantiles"][row], strict=True):
+                    rows.add(step, f"act_q{q:g}#u{unit}", layer, value)
+
     def after_step(self, step: int, x, y, rows: MetricRows) -> None:
-        if not self.cfg.ics.enabled:
+        if not self.cfg.ics.enabled or step % self.cfg.every != 0:
             return
         rng_after = _rng_state(x.device)
         params = dict(self.model.named_parameters())

@@ -11,6 +11,7 @@ import math
 import os
 import platform
 import subprocess
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +23,7 @@ from tqdm import tqdm
 
 import bnlab
 from bnlab import store
-from bnlab.config import CONFIG_DIR, identity, resolved, run_key, validate
+from bnlab.config import CONFIG_DIR, ConfigError, identity, resolved, run_key, validate
 from bnlab.data import build_data
 from bnlab.metrics import MetricRows
 from bnlab.models import build_model
@@ -87,7 +88,30 @@ class Trainer:
         self.probes = ProbeSchedule(cfg, self.model, self.data.loss, cfg.optim.lr)
         self.rows = MetricRows()
 
+    def evaluate(self, step: int) -> None:
+        """Evaluation-mode loss and accuracy on the data's fixed evaluation sets (running statistics, no
+        noise). Draws no random numbers and changes nothing, so the run's trajectory is unaffected."""
+        self.model.eval()
+        size = self.cfg.data.eval.batch_size
+        with torch.no_grad():
+            for split, (x, y) in self.data.eval_sets.items():
+                loss_sum, correct = 0.0, 0
+                for i in range(0, len(y), size):
+                    outputs = self.model(x[i:i + size])
+                    loss_sum = loss_sum + self.data.loss(outputs, y[i:i + size]).double() * len(y[i:i + size])
+                    correct = correct + (outputs.argmax(1) == y[i:i + size]).sum()
+                self.rows.add(step, f"eval_{split}_loss", 0, loss_sum / len(y))
+                self.rows.add(step, f"eval_{split}_accuracy", 0, correct.double() * 100 / len(y))
+        self.model.train()
+
+    def _evaluating(self, step: int) -> bool:
+        if not self.data.classification:
+            return False
+        return step % self.cfg.data.eval.every == 0 or step == self.cfg.train.steps
+
     def step(self, step: int) -> None:
+        if self._evaluating(step):
+            self.evaluate(step)
         x, y = self.data.train_batch(step)
         probing = self.probes.due(step)
         if probing:
@@ -111,6 +135,8 @@ class Trainer:
         try:
             for step in range(steps):
                 self.step(step)
+                if step + 1 == steps and self._evaluating(steps):
+                    self.evaluate(steps)  # the trained model
                 if (step + 1) % cfg.runtime.log_every == 0 or step + 1 == steps:
                     diverged_at = self._flush(wandb, bar, step + 1 - done)
                     done = step + 1
@@ -135,7 +161,7 @@ class Trainer:
         diverged_at, last_loss = None, None
         stride = self.cfg.logger.wandb.every_n_steps
         for step, metric, layer, value in flushed:
-            if metric not in ("loss", "accuracy") or step % stride == 0:
+            if metric not in ("loss", "accuracy") or step % stride == 0 or metric.startswith("eval_"):
                 by_step.setdefault(step, {})[metric if layer == 0 else f"{metric}/layer{layer}"] = value
             if metric == "loss":
                 last_loss = value
@@ -146,6 +172,16 @@ class Trainer:
         if last_loss is not None:
             bar.set_postfix(loss=f"{last_loss:.4g}", refresh=False)
         return diverged_at
+
+    def _final_evaluation(self) -> dict:
+        """The last evaluation's metrics (final_eval_test_accuracy, ...) when the run evaluates at all."""
+        last = {}
+        for step, metric, value in zip(self.rows.columns["step"], self.rows.columns["metric"],
+                                       self.rows.columns["value"], strict=True):
+            if metric.startswith("eval_"):
+                last[metric] = (step, value)
+        return {f"final_{metric}": value for metric, (_, value) in last.items()} | (
+            {"final_eval_step": max(step for step, _ in last.values())} if last else {})
 
     def _save(self, status: str, wall: float, diverged_at: int | None, wandb: WandbRun, error: str | None = None):
         store.write_metrics(self.directory, self.rows.columns)
@@ -160,9 +196,11 @@ class Trainer:
             "diverged_at_step": diverged_at,
             "final_loss": losses[-1] if losses and status == "finished" else None,
             "min_loss": min(finite) if finite else None,
+            **self._final_evaluation(),
             "wall_time_s": round(wall, 3),
             "steps_per_s": round(len(losses) / wall, 2) if wall > 0 else None,
             "device": describe_device(self.device),
+            "data": getattr(self.data, "description", self.cfg.data.name),
             "torch": torch.__version__,
             "bnlab": bnlab.__version__,
             "git_commit": git_commit(),
@@ -177,7 +215,13 @@ class Trainer:
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
-    run(cfg)
+    from bnlab.cifar10 import DataError
+
+    try:
+        run(cfg)
+    except (ConfigError, DataError) as exc:  # the message says what is wrong and how to fix it
+        print(f"bnlab-train: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 def main() -> None:

@@ -25,6 +25,7 @@ from bnlab.config import compose  # noqa: E402
 
 NORM_STYLE = {  # label, colour: the paper's colours where it has them
     "none": ("Standard", "tab:red"),
+    "none+noise": ("Standard + noise (no BN)", "tab:gray"),
     "batch": ("Standard + BatchNorm", "tab:blue"),
     "noisy_batch": ('Standard + "Noisy" BatchNorm', "tab:orange"),
     "l1": ("Standard + L1", "tab:green"),
@@ -120,6 +121,36 @@ def norm_name(cfg: DictConfig) -> str:
     return cfg.norm.kind
 
 
+def by_model(runs: list[Run], model: str) -> list[Run]:
+    return select(runs, **{"model.name": model})
+
+
+def smoothed(series: pd.Series, steps: int) -> pd.Series:
+    """Per-step batch values averaged over a trailing window of 2% of the run (the paper's curves are smoothed
+    too): the training accuracy curves."""
+    return series.rolling(max(1, steps // 50), min_periods=1).mean()
+
+
+def final_train_accuracy(run: Run) -> float:
+    """Training accuracy at the end: the mean batch accuracy over the last 2% of the steps (nan if diverged)."""
+    if run.summary.get("status") != "finished":
+        return float("nan")
+    return float(smoothed(run.series("accuracy"), run.cfg.train.steps).iloc[-1])
+
+
+def accuracy_panel(ax, runs: list[Run], norms, split: str = "train", ls: str = "-", label_suffix: str = ""):
+    """Training accuracy (smoothed batch accuracy, every step) or test accuracy (evaluation mode, at intervals)."""
+    for norm in norms:
+        label, color = NORM_STYLE[norm]
+        chosen = select(runs, norm=norm)
+        if split == "train":
+            series = [smoothed(r.series("accuracy"), r.cfg.train.steps) for r in chosen]
+        else:
+            series = [r.series(f"eval_{split}_accuracy") for r in chosen]
+        mean_band(ax, series, label + label_suffix, color, ls=ls)
+    ax.set_ylabel(f"{split.capitalize()} accuracy (%)"), steps_axis(ax, runs[0].cfg.train.steps)
+
+
 def stack(series: list[pd.Series]) -> pd.DataFrame:
     """Seeds side by side on the union of their steps (a diverged seed ends early)."""
     return pd.concat([s.rename(i) for i, s in enumerate(series)], axis=1).sort_index()
@@ -174,18 +205,25 @@ def spread(values) -> str:
     return f"{np.nanmean(v):.3g} ({np.nanmin(v):.3g}-{np.nanmax(v):.3g})"
 
 
-def write_results(out_dir: Path, figure: str, claims: list[Claim], notes: str, seeds: int, scale: str) -> None:
-    """Merge this figure's claims into claims.json and rewrite README.md from it."""
+def write_results(out_dir: Path, figure: str, claims: list[Claim], notes: str, seeds: int, scale: str,
+                  datasets: list[str] = ()) -> None:
+    """Merge this figure's claims into claims.json and rewrite README.md from it (figures in the paper's
+    order)."""
+    from experiments import FIGURES
+
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "claims.json"
     data = json.loads(path.read_text()) if path.exists() else {}
-    data[figure] = {"seeds": seeds, "notes": notes, "claims": [asdict(c) for c in claims]}
+    data[figure] = {"seeds": seeds, "notes": notes, "datasets": list(datasets), "claims": [asdict(c) for c in claims]}
+    order = list(FIGURES)
+    data = dict(sorted(data.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
     path.write_text(json.dumps(data, indent=2, default=float) + "\n")
     lines = [f"# bnlab results, scale `{scale}`", "",
              "Written by `make reproduce-<figure>` / `bnlab-figure` from the logged runs; do not edit by hand.", ""]
-    for name in sorted(data):
-        entry = data[name]
-        lines += [f"## {name}", "", f"![{name}]({name}.png)", "", f"Seeds: {entry['seeds']}. {entry['notes']}", ""]
+    for name, entry in data.items():
+        used = "; ".join(entry.get("datasets", []))
+        lines += [f"## {name}", "", f"![{name}]({name}.png)", "",
+                  f"Seeds: {entry['seeds']}.{f' Data: {used}.' if used else ''} {entry['notes']}", ""]
         if entry["claims"]:
             lines += ["| claim | paper | measured | holds |", "|---|---|---|---|"]
             lines += [f"| {c['claim']} | {c['paper']} | {c['measured']} | {'yes' if c['holds'] else '**no**'} |"

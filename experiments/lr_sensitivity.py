@@ -1,22 +1,27 @@
-"""Section 3.1 (DLN panel): final training loss against the learning rate, standard vs BatchNorm.
-Claim 7: BatchNorm tolerates a wider range of learning rates. A run "trains" at a learning rate when it
-does not diverge and ends at no more than half its initial loss."""
+"""Section 3.1: sensitivity to the learning rate, standard vs BatchNorm: VGG's final training accuracy and
+the DLN's final training loss against the learning rate. Claim 7: BatchNorm tolerates a wider range of
+learning rates. A VGG run "trains" when it does not diverge and ends above 20% training accuracy (twice
+chance); a DLN run when it does not diverge and ends at no more than half its initial loss."""
 
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments.common import NORM_STYLE, Claim, select, spread
+from experiments.common import NORM_STYLE, Claim, by_model, final_train_accuracy, select, spread
 
 NORMS = ("none", "batch")
-PROGRESS = 0.5  # final / initial loss at most this
+PROGRESS = 0.5  # DLN: final / initial loss at most this
+ACCURACY = 20.0  # VGG: final training accuracy (%) above this
 
 
 def outcome(run):
-    """(final loss or nan if diverged, diverged, trains)."""
-    final = run.summary.get("final_loss")
+    """(final value or nan if diverged, trains): final training loss (DLN) or accuracy (VGG)."""
     diverged = run.summary.get("status") == "diverged"
+    if run.cfg.model.name == "vgg":
+        final = final_train_accuracy(run)
+        return final, bool(not diverged and final > ACCURACY)
+    final = run.summary.get("final_loss")
     trains = not diverged and final is not None and final <= PROGRESS * run.series("loss").iloc[0]
-    return (np.nan if diverged else final), diverged, bool(trains)
+    return (np.nan if diverged else final), bool(trains)
 
 
 def describe(runs) -> str:
@@ -28,41 +33,62 @@ def describe(runs) -> str:
     return text
 
 
-def draw(runs, path):
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+def draw_panel(ax, runs):
+    vgg = runs[0].cfg.model.name == "vgg"
     lrs = sorted({r.cfg.optim.lr for r in runs})
-    top = max(r.series("loss").iloc[0] for r in runs) * 3
+    marker_y = 5 if vgg else max(r.series("loss").iloc[0] for r in runs) * 3
     for norm in NORMS:
         label, color = NORM_STYLE[norm]
         means, diverged = [], []
         for lr in lrs:
             finals = [outcome(r)[0] for r in select(runs, norm=norm, lr=lr)]
             ok = [f for f in finals if np.isfinite(f)]
-            means.append(np.exp(np.mean(np.log(ok))) if ok else np.nan)
+            means.append((np.mean(ok) if vgg else np.exp(np.mean(np.log(ok)))) if ok else np.nan)
             if len(ok) < len(finals):
                 diverged.append(lr)
             if ok:
                 ax.plot([lr] * len(ok), ok, ".", color=color, alpha=0.5)
         ax.plot(lrs, means, "o-", color=color, label=label)
         if diverged:
-            ax.plot(diverged, [top] * len(diverged), "x", color=color, ms=10, mew=2, label=f"{label}: diverged")
-    ax.set_xscale("log"), ax.set_yscale("log"), ax.set_xlabel("Learning rate"), ax.set_ylabel("Final training loss")
-    ax.set_title("Deep linear network: sensitivity to the learning rate"), ax.legend(fontsize=8)
+            ax.plot(diverged, [marker_y] * len(diverged), "x", color=color, ms=10, mew=2, label=f"{label}: diverged")
+    ax.set_xscale("log"), ax.set_xlabel("Learning rate")
+    if vgg:
+        ax.axhline(ACCURACY, color="k", ls=":", lw=1), ax.set_ylim(0, 100)
+        ax.set_ylabel("Final training accuracy (%)")
+    else:
+        ax.set_yscale("log"), ax.set_ylabel("Final training loss")
+    ax.set_title(f"{'VGG' if vgg else 'Deep linear network'}: sensitivity to the learning rate"), ax.legend(fontsize=8)
+
+
+def draw(runs, path):
+    models = [m for m in ("vgg", "dln") if by_model(runs, m)]
+    fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 4.2), squeeze=False)
+    for ax, model in zip(axes[0], models, strict=True):
+        draw_panel(ax, by_model(runs, model))
+    fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
-def claims(runs):
+def model_claim(runs):
+    model = runs[0].cfg.model.name
     lrs = sorted({r.cfg.optim.lr for r in runs})
-    working = {n: [lr for lr in lrs if all(outcome(r)[2] for r in select(runs, norm=n, lr=lr))] for n in NORMS}
+    working = {n: [lr for lr in lrs if all(outcome(r)[1] for r in select(runs, norm=n, lr=lr))] for n in NORMS}
+    what = "accuracy" if model == "vgg" else "loss"
     text = "; ".join(f"{NORM_STYLE[n][0]} trains at {len(working[n])}/{len(lrs)} lrs "
                      f"({', '.join(f'{lr:g}' for lr in working[n]) or 'none'})" for n in NORMS)
-    text += "; final loss standard vs BN by lr: " + ", ".join(
+    text += f"; final training {what} standard vs BN by lr: " + ", ".join(
         f"{lr:g}: {describe(select(runs, norm='none', lr=lr))} vs {describe(select(runs, norm='batch', lr=lr))}"
         for lr in lrs)
     finals = {n: {f"{lr:g}": [outcome(r)[0] for r in select(runs, norm=n, lr=lr)] for lr in lrs} for n in NORMS}
-    return [Claim(claim=f"DLN: BatchNorm trains at a wider range of learning rates than standard (a run trains "
-                        f"when it does not diverge and ends at or below {PROGRESS:g}x its initial loss)",
-                  paper="sec 3.1 and Fig 11: BN robust to a broad range of learning rates",
-                  measured=text, holds=len(working["batch"]) > len(working["none"]),
-                  values={"working_lrs": working, "final_loss": finals})]
+    rule = (f"ends above {ACCURACY:g}% training accuracy" if model == "vgg"
+            else f"ends at or below {PROGRESS:g}x its initial loss")
+    return Claim(claim=f"{model.upper()}: BatchNorm trains at a wider range of learning rates than standard (a run "
+                       f"trains when it does not diverge and {rule})",
+                 paper="sec 3.1 and Fig 11: BN robust to a broad range of learning rates",
+                 measured=text, holds=len(working["batch"]) > len(working["none"]),
+                 values={"working_lrs": working, f"final_{what}": finals})
+
+
+def claims(runs):
+    return [model_claim(by_model(runs, m)) for m in ("vgg", "dln") if by_model(runs, m)]

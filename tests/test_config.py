@@ -22,7 +22,7 @@ def test_every_figure_has_an_experiment_config():
 @pytest.mark.parametrize("scale", ["smoke", "paper"])
 def test_experiment_sweeps_compose_and_validate(name, scale):
     cfgs = sweep(name, scale, seeds=2)
-    assert len(cfgs) >= 4 and len(cfgs) % 2 == 0
+    assert len(cfgs) >= 2 and len(cfgs) % 2 == 0  # two seeds of each config
     for cfg in cfgs:
         validate(cfg)
         assert cfg.experiment_name == name

@@ -1,4 +1,5 @@
-"""A figure end to end at a tiny scale: train the sweep, draw, write claims; then redraw without training."""
+"""Figures end to end at a tiny scale (VGG on the tests' tiny CIFAR-10 copy): train the sweep, draw, write
+claims; then redraw without training."""
 
 import json
 
@@ -6,21 +7,24 @@ import pytest
 
 from bnlab.figure_cli import main
 
-TINY = ["train.steps=60", "probes.every=20", "runtime.log_every=20", "logger=none"]
+TINY = ["train.steps=60", "probes.every=20", "runtime.log_every=20", "logger=none", "scale.vgg.width=0.0625",
+        "scale.vgg.train_subset=null", "scale.vgg.eval_every=20", "scale.vgg.eval_train_examples=100",
+        "scale.vgg.eval_test_examples=null"]
 
 
 @pytest.mark.slow
-def test_smoke_figure_end_to_end_and_redraw(tmp_path, runs_dir, capsys):
+def test_smoke_figure_end_to_end_and_redraw(tmp_path, runs_dir, tiny_cifar, capsys):
     out = tmp_path / "results"
     assert main(["figure3", "--scale", "smoke", "--train", "--jobs", "1", "--out", str(out), *TINY]) == 0
     png = out / "smoke" / "figure3.png"
     assert png.exists() and png.stat().st_size > 20_000
     claims = json.loads((out / "smoke" / "claims.json").read_text())["figure3"]
     assert claims["seeds"] == 1 and claims["claims"][0]["measured"].startswith("lr 1e-06: cos standard")
+    assert claims["claims"][1]["measured"].startswith("lr 0.1: cos standard")  # the VGG panels
     readme = (out / "smoke" / "README.md").read_text()
     assert "## figure3" in readme and "| claim | paper | measured | holds |" in readme
     first = capsys.readouterr().out
-    assert "4 distinct runs needed: 0 already in the store, 0 to be served by a probed run" in first
+    assert "8 distinct runs needed: 0 already in the store, 0 to be served by a probed run" in first
 
     png.unlink()
     assert main(["figure3", "--scale", "smoke", "--out", str(out), *TINY]) == 0  # no --train: redraw only
@@ -29,7 +33,7 @@ def test_smoke_figure_end_to_end_and_redraw(tmp_path, runs_dir, capsys):
 
 
 @pytest.mark.slow
-def test_every_dln_figure_draws(tmp_path, runs_dir):
+def test_every_figure_draws(tmp_path, runs_dir, tiny_cifar):
     from experiments import FIGURES
 
     out = tmp_path / "results"

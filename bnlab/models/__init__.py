@@ -5,8 +5,9 @@ from __future__ import annotations
 from torch import nn
 
 from bnlab.models.dln import DeepLinearNet
+from bnlab.models.vgg import LAYOUTS, VGG
 
-MODELS = ("dln",)
+MODELS = ("dln", "vgg")
 
 
 def norm_kwargs(norm_cfg) -> dict:
@@ -16,13 +17,18 @@ def norm_kwargs(norm_cfg) -> dict:
 
 
 def build_model(cfg) -> nn.Module:
-    if cfg.model.name == "dln":
-        return DeepLinearNet(cfg.model.width, cfg.model.depth, cfg.norm.kind, **norm_kwargs(cfg.norm))
-    raise ValueError(f"model.name: unknown model {cfg.model.name!r}; allowed: {', '.join(MODELS)}")
+    m = cfg.model
+    if m.name == "dln":
+        return DeepLinearNet(m.width, m.depth, cfg.norm.kind, **norm_kwargs(cfg.norm))
+    if m.name == "vgg":
+        return VGG(m.depth, m.width, cfg.norm.kind, m.num_classes, **norm_kwargs(cfg.norm))
+    raise ValueError(f"model.name: unknown model {m.name!r}; allowed: {', '.join(MODELS)}")
 
 
 def num_layers(cfg) -> int:
     """Number of conv/linear layers a config's model has, without building it."""
     if cfg.model.name == "dln":
         return cfg.model.depth
+    if cfg.model.name == "vgg":
+        return sum(1 for item in LAYOUTS[cfg.model.depth] if item != "M") + 1
     raise ValueError(f"model.name: unknown model {cfg.model.name!r}; allowed: {', '.join(MODELS)}")

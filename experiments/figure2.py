@@ -1,0 +1,50 @@
+"""Figure 2: VGG standard, BatchNorm and "noisy" BatchNorm at lr 0.1: training accuracy and activation
+distributions of layers #2, #9, #13; and the same noise added to the network without BatchNorm.
+Claim 2 (performance part): noisy BN trains close to BN and clearly better than standard. Claim 3: the
+noise stops a network without BatchNorm from training."""
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from experiments.activations import ridge
+from experiments.common import NORM_STYLE, Claim, accuracy_panel, final_train_accuracy, select, spread
+
+NORMS = ("none", "batch", "noisy_batch")
+LAYERS = (2, 9, 13)
+CLOSE, CLEARLY = 10.0, 5.0  # accuracy points: "close to BN" within, "clearly better than standard" by more
+
+
+def draw(runs, path):
+    fig = plt.figure(figsize=(15, 11))
+    grid = fig.add_gridspec(4, 3, height_ratios=[1.1, 1, 1, 1], hspace=0.45, wspace=0.25)
+    ax = fig.add_subplot(grid[0, :])
+    accuracy_panel(ax, runs, (*NORMS, "none+noise"))
+    ax.set_title(f"Training accuracy, lr {runs[0].cfg.optim.lr:g}"), ax.legend(fontsize=8)
+    for i, norm in enumerate(NORMS):
+        for j, layer in enumerate(LAYERS):
+            sub = fig.add_subplot(grid[1 + i, j])
+            unit = ridge(sub, select(runs, norm=norm)[0], layer, NORM_STYLE[norm][1], count=10)
+            sub.set_title(f"{NORM_STYLE[norm][0]}, layer #{layer} (unit {unit})", fontsize=9)
+    fig.suptitle("VGG: BatchNorm with noise injected after it (Algorithm 1)")
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def claims(runs):
+    final = {n: [final_train_accuracy(r) for r in select(runs, norm=n)] for n in (*NORMS, "none+noise")}
+    mean = {n: float(np.nanmean(v)) if np.isfinite(v).any() else 0.0 for n, v in final.items()}
+    text = ", ".join(f"{NORM_STYLE[n][0]} {spread(v)}%" for n, v in final.items())
+    return [
+        Claim(claim=f"VGG: noisy BN trains close to BN (within {CLOSE:g} accuracy points) and clearly better than "
+                    f"standard (by more than {CLEARLY:g} points): final training accuracy",
+              paper="Fig 2: noisy BN's curve next to BN's, both above standard",
+              measured=text, holds=mean["noisy_batch"] >= mean["batch"] - CLOSE
+              and mean["noisy_batch"] > mean["none"] + CLEARLY, values=final),
+        Claim(claim="VGG: the same noise on the network without BatchNorm stops it from training (final training "
+                    "accuracy below 20%, chance is 10%; diverged counts as not training)",
+              paper="sec 2.1: 'adding the same amount of noise to a network without BatchNorm prevents it from "
+                    "training'",
+              measured=f"standard + noise {spread(final['none+noise'])}% vs standard {spread(final['none'])}%",
+              holds=bool(np.all(np.nan_to_num(final["none+noise"], nan=0.0) < 20.0)),
+              values={"none+noise": final["none+noise"], "none": final["none"]}),
+    ]

@@ -1,0 +1,15 @@
+"""Figure 12: training accuracy and landscape measures of VGG for every normalization.
+Claim 6 (landscape part): every l_p normalization smooths the landscape like BatchNorm does."""
+
+from experiments.common import accuracy_panel
+from experiments.landscape import every_norm_claims, every_norm_figure
+from experiments.lp_training import NORMS
+
+
+def draw(runs, path):
+    every_norm_figure(runs, NORMS, lambda ax, r: accuracy_panel(ax, r, NORMS),
+                      f"VGG: every normalization, lr {runs[0].cfg.optim.lr:g}", path)
+
+
+def claims(runs):
+    return every_norm_claims(runs, NORMS[1:], "VGG", "Fig 12: all normalizations below standard")
