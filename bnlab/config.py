@@ -159,6 +159,8 @@ def _validate_runtime(cfg):
     _check(r.threads is None or (isinstance(r.threads, int) and r.threads > 0), "runtime.threads", r.threads,
            "null or a positive integer")
     _positive(cfg, "runtime.log_every", integer=True)
+    if r.checkpoint_every is not None:
+        _positive(cfg, "runtime.checkpoint_every", integer=True)
     _positive(cfg, "logger.wandb.every_n_steps", integer=True)
 
 

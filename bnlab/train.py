@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -22,7 +23,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 import bnlab
-from bnlab import store
+from bnlab import checkpoint, store
 from bnlab.config import CONFIG_DIR, ConfigError, identity, resolved, run_key, validate
 from bnlab.data import build_data
 from bnlab.metrics import MetricRows
@@ -131,13 +132,17 @@ class Trainer:
         cfg, steps = self.cfg, self.cfg.train.steps
         wandb = WandbRun(cfg, self.directory, self.key, identity(cfg))
         bar = tqdm(total=steps, desc=self.key, disable=not cfg.runtime.progress, unit="step", mininterval=1.0)
-        started, status, diverged_at, done = time.perf_counter(), "finished", None, 0
+        started, status, diverged_at = time.perf_counter(), "finished", None
+        done = start = self._resume()
+        bar.update(start)
+        every = cfg.runtime.checkpoint_every
         try:
-            for step in range(steps):
+            for step in range(start, steps):
                 self.step(step)
                 if step + 1 == steps and self._evaluating(steps):
                     self.evaluate(steps)  # the trained model
-                if (step + 1) % cfg.runtime.log_every == 0 or step + 1 == steps:
+                checkpoint_due = every and (step + 1) % every == 0 and step + 1 < steps
+                if (step + 1) % cfg.runtime.log_every == 0 or step + 1 == steps or checkpoint_due:
                     diverged_at = self._flush(wandb, bar, step + 1 - done)
                     done = step + 1
                     if diverged_at is not None:
@@ -145,14 +150,49 @@ class Trainer:
                         log.warning("%s: non-finite loss at step %d; stopping the run as diverged", self.key,
                                     diverged_at)
                         break
+                if checkpoint_due:
+                    self._checkpoint(step + 1, self.wall_before + time.perf_counter() - started)
         except BaseException as exc:
             self._flush(wandb, bar, 0)
-            self._save("failed", time.perf_counter() - started, diverged_at, wandb, error=repr(exc))
-            raise
+            self._save("failed", self.wall_before + time.perf_counter() - started, diverged_at, wandb,
+                       error=repr(exc))
+            raise  # the checkpoints stay: started again, the run resumes from the last one
         finally:
             bar.close()
-        self._save(status, time.perf_counter() - started, diverged_at, wandb)
+        self._save(status, self.wall_before + time.perf_counter() - started, diverged_at, wandb)
+        checkpoint.clear(self.directory)  # metrics.parquet now holds everything
         return self.directory
+
+    def _resume(self) -> int:
+        """Restore the newest checkpoint, if any: the step to continue from (0 when starting afresh)."""
+        self.wall_before, self.persisted_rows = 0.0, 0
+        found = checkpoint.load(self.directory, identity(self.cfg))
+        if found is None:
+            return 0
+        state, self.rows.columns = found
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.random.set_rng_state(state["cpu_rng"])
+        if state["cuda_rng"] is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        self.probes.direction_rng.set_state(state["direction_rng"])
+        self.wall_before, self.persisted_rows = state["wall_s"], len(self.rows.columns["step"])
+        return state["step"]
+
+    def _checkpoint(self, step: int, wall: float) -> None:
+        """Everything needed to continue at `step` exactly as if never stopped (the data order is a function
+        of the seed and the step)."""
+        state = {
+            "step": step,
+            "identity": json.dumps(identity(self.cfg), sort_keys=True),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "cpu_rng": torch.random.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+            "direction_rng": self.probes.direction_rng.get_state(),
+            "wall_s": wall,
+        }
+        self.persisted_rows = checkpoint.save(self.directory, state, self.rows.columns, self.persisted_rows)
 
     def _flush(self, wandb: WandbRun, bar, advanced: int) -> int | None:
         """Convert pending metrics; return the first step with a non-finite loss, if any."""

@@ -1,0 +1,121 @@
+"""Crash-safe runs: checkpoints and metric segments inside the run directory.
+
+    <run>/checkpoint.pt        model, optimizer, every random generator's state, the step to resume at,
+    <run>/checkpoint.prev.pt   the one before it (a fallback when the newest is damaged)
+    <run>/segments/metrics-<step>.parquet   the metric rows logged before <step>, one file per checkpoint
+
+Every file is written to a temporary name and renamed into place. A segment is written before the
+checkpoint that counts it, so a crash between the two leaves a segment no checkpoint refers to, which is
+dropped on resume. The data order needs no state: batch t is a function of (seed, t).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+log = logging.getLogger("bnlab")
+CURRENT, PREVIOUS, SEGMENTS = "checkpoint.pt", "checkpoint.prev.pt", "segments"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that must not be resumed from (it belongs to a different config)."""
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save(directory: Path, state: dict, columns: dict[str, list], persisted_rows: int) -> int:
+    """Append the rows logged since the last checkpoint as a segment, then write the checkpoint (the older
+    one kept as a fallback). Returns the number of rows now on disk."""
+    segments = directory / SEGMENTS
+    segments.mkdir(exist_ok=True)
+    new = {k: v[persisted_rows:] for k, v in columns.items()}
+    tmp = segments / f".metrics-{state['step']:09d}.tmp-{os.getpid()}"
+    pd.DataFrame(new).astype({"step": "int64", "layer": "int16", "value": "float64"}).to_parquet(tmp, index=False)
+    os.replace(tmp, segments / f"metrics-{state['step']:09d}.parquet")
+    if (directory / CURRENT).exists():
+        os.replace(directory / CURRENT, directory / PREVIOUS)
+    _atomic_save(state, directory / CURRENT)
+    return len(columns["step"])
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out |= _flat(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def load(directory: Path, identity: dict) -> tuple[dict, dict[str, list]] | None:
+    """The newest readable checkpoint and the metric rows logged before it, or None (start afresh).
+
+    A damaged checkpoint falls back to the previous one, saying so. A checkpoint of another config raises
+    CheckpointError naming the keys that differ."""
+    for name in (CURRENT, PREVIOUS):
+        path = directory / name
+        if not path.exists():
+            continue
+        try:
+            state = torch.load(path, weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - truncated zip, bad pickle opcode, ...: all mean "damaged"
+            log.warning("checkpoint %s is damaged (%s); falling back to an older one", path, exc)
+            continue
+        saved, identity = json.loads(state["identity"]), json.loads(json.dumps(identity, sort_keys=True))
+        if saved != identity:
+            a, b = _flat(saved), _flat(identity)
+            keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+            raise CheckpointError(f"{path} was written by a different config (differing keys: {', '.join(keys)}); "
+                                  f"it will not be resumed. Delete {directory} to start the run afresh.")
+        columns = _segments_before(directory, state["step"])
+        if columns is None:
+            log.warning("metric segments of %s are incomplete; falling back to an older checkpoint", path)
+            continue
+        log.info("resuming %s at step %d", directory.name, state["step"])
+        return state, columns
+    if (directory / CURRENT).exists() or (directory / PREVIOUS).exists():
+        log.warning("no usable checkpoint in %s; the run starts again from step 0", directory)
+    clear(directory)
+    return None
+
+
+def _segments_before(directory: Path, step: int) -> dict[str, list] | None:
+    """Rows of the segments up to `step` (later ones, written by a checkpoint that never landed, are
+    removed); None if one cannot be read."""
+    frames = []
+    for path in sorted((directory / SEGMENTS).glob("metrics-*.parquet")):
+        if int(path.stem.split("-")[1]) > step:
+            path.unlink()
+            continue
+        try:
+            frames.append(pd.read_parquet(path))
+        except Exception:  # noqa: BLE001
+            return None
+    frame = pd.concat(frames) if frames else pd.DataFrame(columns=["step", "metric", "layer", "value"])
+    if len(frame) and frame["step"].max() >= step:
+        return None
+    return {"step": frame["step"].astype(int).tolist(), "metric": frame["metric"].astype(str).tolist(),
+            "layer": frame["layer"].astype(int).tolist(), "value": frame["value"].astype(float).tolist()}
+
+
+def clear(directory: Path) -> None:
+    """Remove checkpoints and segments (once metrics.parquet holds everything, or to start afresh)."""
+    for name in (CURRENT, PREVIOUS):
+        (directory / name).unlink(missing_ok=True)
+    for path in (directory / SEGMENTS).glob("*"):
+        path.unlink()
+    if (directory / SEGMENTS).exists():
+        (directory / SEGMENTS).rmdir()

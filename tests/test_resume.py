@@ -1,0 +1,134 @@
+"""Crash-safe runs: a run killed at any step and started again ends with exactly the metrics of an
+uninterrupted run; damaged checkpoints fall back; a checkpoint of another config is refused."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from bnlab import checkpoint, store
+from bnlab.config import compose
+from bnlab.train import run
+
+# Noisy BatchNorm and the random landscape direction: every random generator must be restored.
+RUN = ["scale=smoke", "norm=noisy_batch", "train.steps=1500", "probes.every=50", "probes.landscape.direction=random",
+       "runtime.checkpoint_every=50", "runtime.log_every=50", "runtime.progress=false", "logger=none"]
+
+
+def metrics(directory):
+    m = store.read_metrics(directory)
+    return m.assign(metric=m.metric.astype(str)).sort_values(["step", "metric", "layer"]).reset_index(drop=True)
+
+
+def kill_at_a_random_step(runs_dir, seed):
+    """Start the run in a process, SIGKILL it at a random moment after its first checkpoint."""
+    proc = subprocess.Popen([sys.executable, "-m", "bnlab.train", *RUN, f"runtime.runs_dir={runs_dir}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    directory = store.run_dir(compose([*RUN, f"runtime.runs_dir={runs_dir}"]))
+    deadline = time.time() + 120
+    while not (directory / checkpoint.CURRENT).exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    time.sleep(random.Random(seed).uniform(0, 1.5))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return directory
+
+
+def test_sigkill_at_a_random_step_then_resume_gives_identical_metrics(tmp_path):
+    reference = run(compose([*RUN, f"runtime.runs_dir={tmp_path}/reference"]))
+    seed = int.from_bytes(os.urandom(2), "little")
+    directory = kill_at_a_random_step(tmp_path / "killed", seed)
+    if store.is_finished(directory):
+        pytest.skip("the run finished before it could be killed")  # only on a very fast machine
+    killed_at = checkpoint.load(directory, _identity())[0]["step"]
+    resumed = run(compose([*RUN, f"runtime.runs_dir={tmp_path}/killed"]))
+    assert 0 < killed_at < 1500, f"kill seed {seed}"
+    assert metrics(resumed).equals(metrics(reference)), f"kill seed {seed}, resumed at step {killed_at}"
+    assert not (resumed / checkpoint.CURRENT).exists() and not (resumed / checkpoint.SEGMENTS).exists()
+    assert store.read_summary(resumed)["steps_completed"] == 1500
+
+
+def _identity():
+    from bnlab.config import identity
+
+    return identity(compose(RUN))
+
+
+SHORT = ["scale=smoke", "norm=batch", "train.steps=120", "probes.every=20", "runtime.checkpoint_every=40",
+         "runtime.log_every=20", "runtime.progress=false", "logger=none"]
+
+
+def interrupted(runs_dir, monkeypatch, at_step, overrides=SHORT):
+    """Run `overrides`, raising KeyboardInterrupt at `at_step` (an in-process stand-in for a kill)."""
+    from bnlab.train import Trainer
+
+    real = Trainer.step
+
+    def step(self, s):
+        if s == at_step:
+            raise KeyboardInterrupt
+        real(self, s)
+
+    monkeypatch.setattr(Trainer, "step", step)
+    with pytest.raises(KeyboardInterrupt):
+        run(compose([*overrides, f"runtime.runs_dir={runs_dir}"]))
+    monkeypatch.setattr(Trainer, "step", real)
+    return store.run_dir(compose([*overrides, f"runtime.runs_dir={runs_dir}"]))
+
+
+def test_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path, monkeypatch, caplog):
+    caplog.set_level("INFO", logger="bnlab")
+    reference = run(compose([*SHORT, f"runtime.runs_dir={tmp_path}/reference"]))
+    directory = interrupted(tmp_path / "runs", monkeypatch, at_step=100)
+    assert store.read_summary(directory)["status"] == "failed"
+    current = directory / checkpoint.CURRENT
+    current.write_bytes(current.read_bytes()[:1000])  # truncated
+    resumed = run(compose([*SHORT, f"runtime.runs_dir={tmp_path}/runs"]))
+    assert "is damaged" in caplog.text and "resuming" in caplog.text
+    assert metrics(resumed).equals(metrics(reference))
+
+
+def test_checkpoints_load_weights_only_and_unreadable_ones_restart_the_run(tmp_path, monkeypatch, caplog):
+    directory = interrupted(tmp_path / "runs", monkeypatch, at_step=100)
+    real_load = torch.load
+
+    def strict_load(*args, **kwargs):
+        assert kwargs.get("weights_only") is True
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", strict_load)
+    assert checkpoint.load(directory, _short_identity())[0]["step"] == 80
+    for name in (checkpoint.CURRENT, checkpoint.PREVIOUS):
+        (directory / name).write_bytes(b"garbage")
+    assert checkpoint.load(directory, _short_identity()) is None
+    assert "starts again from step 0" in caplog.text and not (directory / checkpoint.SEGMENTS).exists()
+
+
+def _short_identity():
+    from bnlab.config import identity
+
+    return identity(compose(SHORT))
+
+
+def test_checkpoint_of_another_config_is_refused_naming_the_keys(tmp_path, monkeypatch):
+    directory = interrupted(tmp_path / "runs", monkeypatch, at_step=100)
+    other = _short_identity()
+    other["optim"]["lr"] = 5e-6
+    other["train"]["steps"] = 99
+    with pytest.raises(checkpoint.CheckpointError, match="differing keys: optim.lr, train.steps"):
+        checkpoint.load(directory, other)
+
+
+def test_interrupted_vgg_run_resumes_to_identical_metrics(tiny_cifar, tmp_path, monkeypatch):
+    tiny = ["model=vgg", "scale=smoke", "norm=noisy_batch", "model.width=0.0625", "train.steps=8", "probes.every=3",
+            "data.eval.every=4", "data.train_subset=null", "data.augment=true", "runtime.checkpoint_every=2",
+            "runtime.log_every=2", "runtime.progress=false", "logger=none"]
+    reference = run(compose([*tiny, f"runtime.runs_dir={tmp_path}/reference"]))
+    interrupted(tmp_path / "runs", monkeypatch, at_step=5, overrides=tiny)
+    resumed = run(compose([*tiny, f"runtime.runs_dir={tmp_path}/runs"]))
+    assert metrics(resumed).equals(metrics(reference))
