@@ -189,14 +189,6 @@ def _source(root: Path, source: str, download: bool, sha256: str | None):
     raise DataError(f"data.source={source!r}; allowed: {', '.join(SOURCES)}")
 
 
-def check(root: str | Path, source: str, download: bool = False) -> str:
-    """Fail fast when the dataset is not where the config says; return the concrete source."""
-    root = Path(root)
-    concrete = resolve_source(root, source)
-    _source(root, concrete, download, None).check()
-    return concrete
-
-
 def load(root: str | Path, source: str, cache_dir: str | Path, download: bool = False,
          sha256: str | None = None) -> dict:
     """{train_x, train_y, test_x, test_y, source, sha256}: uint8 (N, 3, 32, 32) images, int64 labels."""

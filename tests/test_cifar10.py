@@ -71,7 +71,7 @@ def test_missing_dataset_says_where_it_looked_and_how_to_fix(tmp_path):
     for name in ("cifar-10-batches-py", "cifar10-jpeg", "cifar10-jpeg.tar.gz", "data.download=true", "BNLAB_DATA"):
         assert name in message
     with pytest.raises(DataError, match="cifar10-jpeg.tar.gz"):
-        cifar10.check(tmp_path / "nowhere", "jpeg")
+        cifar10.load(tmp_path / "nowhere", "jpeg", tmp_path / "cache")
 
 
 def test_corrupted_jpeg_names_the_file(tmp_path):
