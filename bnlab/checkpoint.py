@@ -19,6 +19,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from bnlab import store
+
 log = logging.getLogger("bnlab")
 CURRENT, PREVIOUS, SEGMENTS = "checkpoint.pt", "checkpoint.prev.pt", "segments"
 
@@ -27,26 +29,15 @@ class CheckpointError(RuntimeError):
     """A checkpoint that must not be resumed from (it belongs to a different config)."""
 
 
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def save(directory: Path, state: dict, columns: dict[str, list], persisted_rows: int) -> int:
     """Append the rows logged since the last checkpoint as a segment, then write the checkpoint (the older
     one kept as a fallback). Returns the number of rows now on disk."""
-    segments = directory / SEGMENTS
-    segments.mkdir(exist_ok=True)
-    new = {k: v[persisted_rows:] for k, v in columns.items()}
-    tmp = segments / f".metrics-{state['step']:09d}.tmp-{os.getpid()}"
-    pd.DataFrame(new).astype({"step": "int64", "layer": "int16", "value": "float64"}).to_parquet(tmp, index=False)
-    os.replace(tmp, segments / f"metrics-{state['step']:09d}.parquet")
+    (directory / SEGMENTS).mkdir(exist_ok=True)
+    store.write_metrics(directory / SEGMENTS, {k: v[persisted_rows:] for k, v in columns.items()},
+                        name=f"metrics-{state['step']:09d}.parquet")
     if (directory / CURRENT).exists():
         os.replace(directory / CURRENT, directory / PREVIOUS)
-    _atomic_save(state, directory / CURRENT)
+    store.atomic_write(directory / CURRENT, lambda p: torch.save(state, p))
     return len(columns["step"])
 
 

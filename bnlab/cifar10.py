@@ -18,14 +18,14 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
 import re
 import tarfile
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from bnlab import store
 
 log = logging.getLogger("bnlab")
 
@@ -192,18 +192,36 @@ def _source(root: Path, source: str, download: bool, sha256: str | None):
 def load(root: str | Path, source: str, cache_dir: str | Path, download: bool = False,
          sha256: str | None = None) -> dict:
     """{train_x, train_y, test_x, test_y, source, sha256}: uint8 (N, 3, 32, 32) images, int64 labels."""
-    root, cache_dir = Path(root), Path(cache_dir)
+    path, concrete, digest, src = _locate(root, source, cache_dir, download, sha256)
+    data = _read_cache(path)
+    if data is None:
+        data = _decode_into(path, src)
+    return {**data, "source": concrete, "sha256": digest}
+
+
+def prepare(root: str | Path, source: str, cache_dir: str | Path, download: bool = False,
+            sha256: str | None = None) -> None:
+    """Check the dataset and fill its cache if that is missing, without loading it (runs load it later)."""
+    path, _, _, src = _locate(root, source, cache_dir, download, sha256)
+    if not (path.is_file() and path.with_suffix(".sha256").is_file()):
+        _decode_into(path, src)
+
+
+def _locate(root, source, cache_dir, download, sha256):
+    """(cache path, concrete source, source sha256, source reader), after checking the source is there."""
+    root = Path(root)
     concrete = resolve_source(root, source)
     src = _source(root, concrete, download, sha256)
     src.check()
     digest = src.checksum()
-    path = cache_dir / f"cifar10-{concrete}-{digest[:16]}.pt"
-    data = _read_cache(path)
-    if data is None:
-        log.info("decoding CIFAR-10 (%s, sha256 %s) into %s; later runs read the cache", concrete, digest[:16], path)
-        data = src.decode()
-        _write_cache(path, data)
-    return {**data, "source": concrete, "sha256": digest}
+    return Path(cache_dir) / f"cifar10-{concrete}-{digest[:16]}.pt", concrete, digest, src
+
+
+def _decode_into(path: Path, src) -> dict:
+    log.info("decoding CIFAR-10 into %s; later runs read the cache", path)
+    data = src.decode()
+    _write_cache(path, data)
+    return data
 
 
 def _read_cache(path: Path) -> dict | None:
@@ -217,18 +235,7 @@ def _read_cache(path: Path) -> dict | None:
 
 
 def _write_cache(path: Path, data: dict) -> None:
-    """Temporary file + rename, data first and its checksum last: a cache is complete or absent."""
+    """Data first and its checksum last, each written atomically: a cache is complete or absent."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    for target, write in ((path, lambda f: torch.save(data, f)),
-                          (path.with_suffix(".sha256"), lambda f: f.write(_sha256([path]).encode()))):
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{target.name}.")
-        try:
-            os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache may be shared
-            with os.fdopen(fd, "wb") as f:
-                write(f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+    store.atomic_write(path, lambda p: torch.save(data, p))
+    store.atomic_write(path.with_suffix(".sha256"), lambda p: p.write_text(_sha256([path])))

@@ -64,7 +64,7 @@ def prepare_data(cfgs) -> None:
         if d.name != "cifar10" or (d.root, d.source, d.cache_dir) in seen:
             continue
         seen.add((d.root, d.source, d.cache_dir))
-        cifar10.load(d.root, d.source, d.cache_dir, d.download, d.sha256)
+        cifar10.prepare(d.root, d.source, d.cache_dir, d.download, d.sha256)
 
 
 def _warn_if_slow(cfgs, jobs: int) -> None:

@@ -39,30 +39,41 @@ def run_dir(cfg: DictConfig) -> Path:
     return runs_root(cfg) / cfg.scale.name / run_key(cfg)
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file and rename, so a reader never sees a half-written file."""
+def atomic_write(path: Path, write) -> None:
+    """Write through a temporary file, flushed to disk, then rename: a reader (or a run started after a
+    crash) sees the old file or the new one, never half of one. `write(tmp_path)` writes the content."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_config(directory: Path, cfg: DictConfig) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    _atomic_write(directory / "config.yaml", lambda p: OmegaConf.save(cfg, p))
+    atomic_write(directory / "config.yaml", lambda p: OmegaConf.save(cfg, p))
 
 
 def write_summary(directory: Path, summary: dict) -> None:
-    _atomic_write(directory / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2) + "\n"))
+    atomic_write(directory / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2) + "\n"))
 
 
-def write_metrics(directory: Path, rows: dict[str, list]) -> None:
-    frame = pd.DataFrame({
+def metrics_frame(rows: dict[str, list]) -> pd.DataFrame:
+    return pd.DataFrame({
         "step": pd.array(rows["step"], dtype="int64"),
         "metric": pd.Categorical(rows["metric"]),
         "layer": pd.array(rows["layer"], dtype="int16"),
         "value": pd.array(rows["value"], dtype="float64"),
     })
-    _atomic_write(directory / "metrics.parquet", lambda p: frame.to_parquet(p, index=False))
+
+
+def write_metrics(directory: Path, rows: dict[str, list], name: str = "metrics.parquet") -> None:
+    frame = metrics_frame(rows)
+    atomic_write(directory / name, lambda p: frame.to_parquet(p, index=False))
 
 
 def read_summary(directory: Path) -> dict | None:
