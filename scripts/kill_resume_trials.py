@@ -30,7 +30,7 @@ def main(trials: int) -> None:
     started = time.perf_counter()
     reference = metrics(run(compose([*RUN, f"runtime.runs_dir={root}/reference"])))
     uninterrupted_s = time.perf_counter() - started
-    identical = 0
+    identical = killed = 0
     for trial in range(trials):
         runs = root / f"trial{trial}"
         cfg = compose([*RUN, f"runtime.runs_dir={runs}"])
@@ -43,12 +43,14 @@ def main(trials: int) -> None:
         if store.is_finished(directory):
             print(f"trial {trial}: finished before the kill")
             continue
+        killed += 1
         found = checkpoint.load(directory, identity(cfg))
         at = found[0]["step"] if found else 0
         same = metrics(run(cfg)).equals(reference)
         identical += same
         print(f"trial {trial}: killed, resumed at step {at}: {'identical' if same else 'DIFFERENT'}", flush=True)
-    print(f"{identical} of {trials} trials ended with metrics identical to the uninterrupted run")
+    print(f"{identical} of {killed} killed runs ended with metrics identical to the uninterrupted run "
+          f"({trials - killed} of {trials} trials finished before their kill)")
 
 
 if __name__ == "__main__":
