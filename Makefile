@@ -1,10 +1,13 @@
 # Everything a user runs. The first target used creates .venv and installs bnlab with its dev extras.
 #   make reproduce-figure3 SCALE=smoke      train what figure3 needs, draw it, check its claims
 #   make reproduce-all SCALE=paper SEEDS=3  every figure
+#   make reproduce-figure4 LAUNCHER=slurm ARGS="hydra.launcher.partition=gpu"   one SLURM job array
 #   make figure-figure3 SCALE=paper         redraw from logged runs, no training
-#   make test | lint | bench | sync-wandb
+#   make test | lint | bench | sync-wandb | slurm-local-start | slurm-local-stop
 SCALE ?= paper
 SEEDS ?=
+LAUNCHER ?= local
+ARGS ?=
 JOBS ?= $(shell nproc 2>/dev/null || echo 1)
 PYTHON ?= python3
 VENV := .venv
@@ -12,7 +15,7 @@ BIN := $(VENV)/bin
 RUNS := $(or $(BNLAB_RUNS),runs)
 SEEDS_ARG := $(if $(SEEDS),--seeds $(SEEDS),)
 
-.PHONY: setup test lint bench sync-wandb clean-venv
+.PHONY: setup test lint bench sync-wandb clean-venv slurm-local-start slurm-local-stop
 
 setup: $(VENV)/.installed
 
@@ -23,10 +26,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 reproduce-%: setup
-	$(BIN)/bnlab-figure $* --train --scale $(SCALE) $(SEEDS_ARG) --jobs $(JOBS)
+	$(BIN)/bnlab-figure $* --train --scale $(SCALE) $(SEEDS_ARG) --jobs $(JOBS) --launcher $(LAUNCHER) $(ARGS)
 
 figure-%: setup
-	$(BIN)/bnlab-figure $* --scale $(SCALE) $(SEEDS_ARG)
+	$(BIN)/bnlab-figure $* --scale $(SCALE) $(SEEDS_ARG) $(filter-out hydra.% hydra/%,$(ARGS))
 
 test: setup
 	$(BIN)/python -m pytest -q
@@ -39,6 +42,12 @@ bench: setup
 
 sync-wandb: setup
 	find $(RUNS) -type d -name 'offline-run-*' -exec $(BIN)/wandb sync {} +
+
+slurm-local-start:
+	scripts/slurm-local.sh start
+
+slurm-local-stop:
+	scripts/slurm-local.sh stop
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,9 +1,11 @@
 """`bnlab-figure NAME` draws a figure from runs already in the store; `bnlab-figure NAME --train`
-(what `make reproduce-NAME` calls) first trains the runs that are missing, `--jobs` at a time.
+(what `make reproduce-NAME` calls) first trains the runs that are missing: here, `--jobs` at a time, or
+with `--launcher slurm` as one SLURM job array, waiting for it before drawing.
 
     bnlab-figure figure3 --scale smoke                 # redraw, no training
     bnlab-figure all --scale paper --seeds 3 --train   # every figure, training what is missing
     bnlab-figure lp-training --scale smoke train.steps=300 --train   # any config override
+    bnlab-figure figure4 --train --launcher slurm hydra.launcher.partition=gpu   # hydra.*: the launcher's
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import argparse
 import importlib
 import json
 import os
+import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -21,7 +24,16 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from bnlab import store
-from bnlab.config import probes_enabled, trajectory_identity
+from bnlab.config import CONFIG_DIR, probes_enabled, trajectory_identity
+
+
+class LaunchError(RuntimeError):
+    """Runs handed to a launcher did not all finish."""
+
+
+def launchers() -> list[str]:
+    """`local` (a process pool here) and every launcher config in configs/hydra/launcher."""
+    return ["local"] + sorted(p.stem for p in (CONFIG_DIR / "hydra" / "launcher").glob("*.yaml") if p.stem != "local")
 
 
 def _figures():
@@ -80,26 +92,30 @@ def _warn_if_slow(cfgs, jobs: int) -> None:
               file=sys.stderr, flush=True)
 
 
-def train_missing(cfgs, jobs: int) -> None:
-    """Train every run of `cfgs` not yet finished in the store, `jobs` processes at a time. A run without
-    probes is not trained when a probed run of the same trajectory is stored or about to be trained: the
-    store serves it from that twin (bnlab.store.find_run)."""
+def train_missing(cfgs, jobs: int, launcher: str = "local", launcher_overrides=(), name: str = "runs") -> None:
+    """Train every run of `cfgs` not yet finished in the store: `jobs` processes at a time here, or through
+    a Hydra launcher (SLURM). A run without probes is not trained when a probed run of the same trajectory
+    is stored or about to be trained: the store serves it from that twin (bnlab.store.find_run)."""
     needed = {str(store.run_dir(cfg)): cfg for cfg in cfgs}  # figures share runs
     stored = {d for d, cfg in needed.items() if store.is_finished(store.find_run(cfg))}
     probed = {_trajectory(c) for d, c in needed.items() if d not in stored and probes_enabled(c)}
     twins = {d for d, c in needed.items() if d not in stored and not probes_enabled(c) and _trajectory(c) in probed}
     todo = {d: cfg for d, cfg in needed.items() if d not in stored and d not in twins}
     prepare_data(todo.values())
+    where = f"{jobs} at a time" if launcher == "local" else f"as tasks of one job array, launcher {launcher}"
     print(f"{len(needed)} distinct runs needed: {len(stored)} already in the store, {len(twins)} to be served by a "
-          f"probed run of the same trajectory, {len(todo)} to train ({jobs} at a time)", flush=True)
+          f"probed run of the same trajectory, {len(todo)} to train ({where})", flush=True)
     if not todo:
         return
-    _warn_if_slow(todo.values(), jobs)
     containers = []
     for cfg in sorted(todo.values(), key=_expected_cost, reverse=True):  # longest first: no idle core at the end
         c = OmegaConf.to_container(cfg)
-        c["runtime"]["progress"] = jobs == 1 and sys.stderr.isatty()
+        c["runtime"]["progress"] = launcher == "local" and jobs == 1 and sys.stderr.isatty()
         containers.append(c)
+    if launcher != "local":
+        launch(containers, launcher, list(launcher_overrides), name)
+        return
+    _warn_if_slow(todo.values(), jobs)
     started = time.perf_counter()
     if jobs == 1:
         results = (_train_one(c) for c in containers)
@@ -109,6 +125,53 @@ def train_missing(cfgs, jobs: int) -> None:
     for done, (directory, status, seconds) in enumerate(results, 1):
         print(f"[{done}/{len(containers)}] {status:8s} {seconds:6.1f} s  {Path(directory).name}", flush=True)
     print(f"trained {len(containers)} runs in {time.perf_counter() - started:.0f} s", flush=True)
+
+
+def launch(containers: list[dict], launcher: str, overrides: list[str], name: str) -> None:
+    """Hand the runs to a Hydra launcher as one sweep over the entries of a run list (on SLURM: one job
+    array, a task per run) and wait for it. The list holds each run's full config, so the tasks run exactly
+    these runs however the figure composed them."""
+    from datetime import datetime
+
+    def absolute(path):
+        return str(Path(path).expanduser().resolve())
+
+    for c in containers:  # tasks may start in another directory; these paths are not part of a run's identity
+        c["runtime"]["runs_dir"] = absolute(c["runtime"]["runs_dir"])
+        for key in ("root", "cache_dir"):
+            if c["data"].get(key):
+                c["data"][key] = absolute(c["data"][key])
+    runs_root = Path(containers[0]["runtime"]["runs_dir"])
+    sweep_dir = runs_root / "hydra" / f"{datetime.now():%Y-%m-%d_%H-%M-%S}-{name}-{launcher}"
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    run_list = sweep_dir / "runs.json"
+    store.atomic_write(run_list, lambda p: p.write_text(json.dumps(containers, indent=1)))
+    command = [sys.executable, "-m", "bnlab.train", "--multirun", f"hydra/launcher={launcher}",
+               f"hydra.sweep.dir={sweep_dir}", f"hydra.job.name=bnlab-{name}", f"runtime.run_list={run_list}",
+               f"runtime.run_index=range(0,{len(containers)})", *overrides]
+    print(f"submitting {len(containers)} runs ({run_list}); waiting for them. Interrupting this leaves the "
+          f"jobs running: draw later with `bnlab-figure {name}`.", flush=True)
+    started = time.perf_counter()
+    try:
+        returncode = subprocess.run(command).returncode
+    except KeyboardInterrupt:
+        raise LaunchError(f"stopped waiting; the submitted jobs go on (logs in {sweep_dir}/.submitit). Once they "
+                          f"are done, `bnlab-figure {name}` draws the figure from their runs.") from None
+    unfinished = [c for c in containers if not store.is_finished(store.find_run(OmegaConf.create(c)))]
+    if unfinished:
+        raise LaunchError(f"{len(unfinished)} of {len(containers)} runs did not finish (launcher exit code "
+                          f"{returncode}); task logs are in {sweep_dir}/.submitit. Run the same command again "
+                          f"to train what is missing: interrupted runs resume from their checkpoints.")
+    print(f"trained {len(containers)} runs in {time.perf_counter() - started:.0f} s", flush=True)
+
+
+def check_launcher(launcher: str, overrides: list[str]) -> None:
+    """Compose the launcher's config with its overrides now, so that a misspelt setting fails before any
+    data is prepared or job submitted."""
+    from bnlab.config import compose
+
+    if launcher != "local":
+        compose([f"hydra/launcher={launcher}", *overrides], with_hydra=True)
 
 
 def draw(name: str, scale: str, seeds: int, overrides: list[str], out_root: Path) -> list:
@@ -140,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", default="paper", help="smoke or paper (default: paper)")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per config (default: the scale's)")
     parser.add_argument("--train", action="store_true", help="train missing runs first")
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs trained at once")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs trained at once (local)")
+    parser.add_argument("--launcher", default="local", choices=launchers(),
+                        help="local: train here, --jobs at a time; slurm: one SLURM job array (configs/hydra/launcher)")
     parser.add_argument("--out", type=Path, default=Path("results"), help="results folder (default: results)")
     args = parser.parse_intermixed_args(argv)
 
@@ -151,6 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
         parser.error(f"overrides look like key=value; got {bad[0]!r}")
+    launcher_overrides = [o for o in args.overrides if o.startswith(("hydra.", "hydra/"))]
+    run_overrides = [o for o in args.overrides if o not in launcher_overrides]
+    if launcher_overrides and not (args.train and args.launcher != "local"):
+        parser.error(f"{launcher_overrides[0]!r} sets the launcher: it goes with --train --launcher slurm (or another "
+                     "configs/hydra/launcher config), not with local training or drawing")
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
 
@@ -159,18 +229,20 @@ def main(argv: list[str] | None = None) -> int:
     from experiments.common import MissingRuns, sweep
 
     try:
-        scale_cfg = compose([f"scale={args.scale}", *args.overrides])
+        check_launcher(args.launcher, launcher_overrides)
+        scale_cfg = compose([f"scale={args.scale}", *run_overrides])
         seeds = args.seeds if args.seeds is not None else scale_cfg.scale.seeds
         if seeds < 1:
             parser.error(f"--seeds must be at least 1, got {seeds}")
-        cfgs = {n: sweep(n, args.scale, seeds, args.overrides) for n in names}
+        cfgs = {n: sweep(n, args.scale, seeds, run_overrides) for n in names}
         for cfg in (c for group in cfgs.values() for c in group):
             validate(cfg)  # every run checked before any of them starts
         if args.train:
-            train_missing([c for group in cfgs.values() for c in group], args.jobs)
+            train_missing([c for group in cfgs.values() for c in group], args.jobs, args.launcher,
+                          launcher_overrides, args.name)
         for name in names:
-            draw(name, args.scale, seeds, args.overrides, args.out)
-    except (MissingRuns, ConfigError, DataError) as exc:
+            draw(name, args.scale, seeds, run_overrides, args.out)
+    except (MissingRuns, ConfigError, DataError, LaunchError) as exc:
         print(f"bnlab-figure: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # Hydra's composition errors name the bad group or key

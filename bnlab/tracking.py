@@ -40,6 +40,18 @@ class WandbRun:
             log.warning("wandb logging failed (%s); continuing with local files only", exc)
             self.run = None
 
+    def interrupt(self) -> None:
+        """Close the run as preempted before the process is stopped (SLURM kills wandb's service process
+        with the job); the resumed run continues it under the same id."""
+        if self.run is None:
+            return
+        try:
+            self.run.mark_preempting()
+            self.run.finish(exit_code=1)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("wandb finish failed (%s)", exc)
+        self.run = None
+
     def finish(self, summary: dict) -> None:
         if self.run is None:
             return

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -19,13 +20,14 @@ from pathlib import Path
 
 import hydra
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 import bnlab
-from bnlab import checkpoint, store
+from bnlab import checkpoint, runlock, store
 from bnlab.config import CONFIG_DIR, ConfigError, identity, resolved, run_key, validate
 from bnlab.data import build_data
+from bnlab.jobcontrol import StopSignals, slurm_job
 from bnlab.metrics import MetricRows
 from bnlab.models import build_model
 from bnlab.probe_schedule import ProbeSchedule
@@ -65,10 +67,18 @@ def run(cfg: DictConfig) -> Path:
     validate(cfg)
     directory = store.find_run(cfg)
     if store.is_finished(directory):
-        log.info("reusing %s (%s)", directory, store.read_summary(directory)["status"])
-        return directory
-    store.write_config(directory, cfg)
-    return Trainer(cfg, directory).fit()
+        return _reuse(directory)
+    with runlock.hold(directory):
+        directory = store.find_run(cfg)  # whoever held the lock may have finished it meanwhile
+        if store.is_finished(directory):
+            return _reuse(directory)
+        store.write_config(directory, cfg)
+        return Trainer(cfg, directory).fit()
+
+
+def _reuse(directory: Path) -> Path:
+    log.info("reusing %s (%s)", directory, store.read_summary(directory)["status"])
+    return directory
 
 
 class Trainer:
@@ -133,34 +143,45 @@ class Trainer:
         wandb = WandbRun(cfg, self.directory, self.key, identity(cfg))
         bar = tqdm(total=steps, desc=self.key, disable=not cfg.runtime.progress, unit="step", mininterval=1.0)
         started, status, diverged_at = time.perf_counter(), "finished", None
-        done = start = self._resume()
-        bar.update(start)
+        done = self.resumed_from = self._resume()
+        bar.update(done)
         every = cfg.runtime.checkpoint_every
-        try:
-            for step in range(start, steps):
-                self.step(step)
-                if step + 1 == steps and self._evaluating(steps):
-                    self.evaluate(steps)  # the trained model
-                checkpoint_due = every and (step + 1) % every == 0 and step + 1 < steps
-                if (step + 1) % cfg.runtime.log_every == 0 or step + 1 == steps or checkpoint_due:
-                    diverged_at = self._flush(wandb, bar, step + 1 - done)
-                    done = step + 1
-                    if diverged_at is not None:
-                        status = "diverged"
-                        log.warning("%s: non-finite loss at step %d; stopping the run as diverged", self.key,
-                                    diverged_at)
-                        break
-                if checkpoint_due:
-                    self._checkpoint(step + 1, self.wall_before + time.perf_counter() - started)
-        except BaseException as exc:
-            self._flush(wandb, bar, 0)
-            self._save("failed", self.wall_before + time.perf_counter() - started, diverged_at, wandb,
-                       error=repr(exc))
-            raise  # the checkpoints stay: started again, the run resumes from the last one
-        finally:
-            bar.close()
-        self._save(status, self.wall_before + time.perf_counter() - started, diverged_at, wandb)
-        checkpoint.clear(self.directory)  # metrics.parquet now holds everything
+        with StopSignals() as stop:
+            try:
+                for step in range(done, steps):
+                    self.step(step)
+                    completed = step + 1
+                    if completed == steps and self._evaluating(steps):
+                        self.evaluate(steps)  # the trained model
+                    stopping = bool(stop.pending) and completed < steps
+                    checkpoint_due = (every and completed % every == 0 and completed < steps) or stopping
+                    if completed % cfg.runtime.log_every == 0 or completed == steps or checkpoint_due:
+                        diverged_at = self._flush(wandb, bar, completed - done)
+                        done = completed
+                        if diverged_at is not None:
+                            status = "diverged"
+                            log.warning("%s: non-finite loss at step %d; stopping the run as diverged", self.key,
+                                        diverged_at)
+                            break
+                    if checkpoint_due:
+                        self._checkpoint(completed, self.wall_before + time.perf_counter() - started)
+                    if stopping:
+                        log.warning("%s: signal %s at step %d; checkpointed there", self.key,
+                                    ", ".join(signal.Signals(s).name for s in stop.pending), completed)
+                        wandb.interrupt()
+                        stop.forward()  # returns when the handler lets the run go on (submitit ignores SIGTERM)
+                        wandb = WandbRun(cfg, self.directory, self.key, identity(cfg))
+            except BaseException as exc:
+                self._flush(wandb, bar, 0)
+                interrupted = isinstance(exc, (SystemExit, KeyboardInterrupt))
+                self._save("interrupted" if interrupted else "failed",
+                           self.wall_before + time.perf_counter() - started, diverged_at, wandb, error=repr(exc))
+                raise  # the checkpoints stay: started again, the run resumes from the last one
+            finally:
+                bar.close()
+            self._save(status, self.wall_before + time.perf_counter() - started, diverged_at, wandb)
+            checkpoint.clear(self.directory)  # metrics.parquet now holds everything
+            stop.forward()  # a signal during the last steps: the run is complete, now do what was asked
         return self.directory
 
     def _resume(self) -> int:
@@ -234,6 +255,7 @@ class Trainer:
             "steps_completed": len(losses),
             "steps": self.cfg.train.steps,
             "diverged_at_step": diverged_at,
+            "resumed_from_step": self.resumed_from,
             "final_loss": losses[-1] if losses and status == "finished" else None,
             "min_loss": min(finite) if finite else None,
             **self._final_evaluation(),
@@ -245,6 +267,7 @@ class Trainer:
             "bnlab": bnlab.__version__,
             "git_commit": git_commit(),
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "slurm": slurm_job(),
         }
         if error:
             summary["error"] = error
@@ -253,12 +276,27 @@ class Trainer:
         log.info("%s: %s after %d steps in %.1f s -> %s", self.key, status, len(losses), wall, self.directory)
 
 
+def listed_run(cfg: DictConfig) -> DictConfig:
+    """Entry `runtime.run_index` of the run list `runtime.run_list` (a JSON list of full run configs).
+    `bnlab-figure --launcher slurm` writes one and sweeps run_index, so that exactly the runs a figure
+    still needs, however they were composed, become the tasks of one job array."""
+    path, index = Path(cfg.runtime.run_list), cfg.runtime.run_index
+    try:
+        runs = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError("runtime.run_list", str(path),
+                          f"a run list written by bnlab-figure --launcher slurm (this one: {exc})") from exc
+    if not isinstance(index, int) or not 0 <= index < len(runs):
+        raise ConfigError("runtime.run_index", index, f"0 to {len(runs) - 1}: {path} lists {len(runs)} runs")
+    return OmegaConf.create(runs[index])
+
+
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
     from bnlab.cifar10 import DataError
 
     try:
-        run(cfg)
+        run(listed_run(cfg) if cfg.runtime.get("run_list") else cfg)
     except (ConfigError, DataError) as exc:  # the message says what is wrong and how to fix it
         print(f"bnlab-train: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -10,6 +10,7 @@ import time
 
 import pytest
 import torch
+from runhelpers import SHORT, interrupted, metrics
 
 from bnlab import checkpoint, store
 from bnlab.config import compose
@@ -18,11 +19,6 @@ from bnlab.train import run
 # Noisy BatchNorm and the random landscape direction: every random generator must be restored.
 RUN = ["scale=smoke", "norm=noisy_batch", "train.steps=1500", "probes.every=50", "probes.landscape.direction=random",
        "runtime.checkpoint_every=50", "runtime.log_every=50", "runtime.progress=false", "logger=none"]
-
-
-def metrics(directory):
-    m = store.read_metrics(directory)
-    return m.assign(metric=m.metric.astype(str)).sort_values(["step", "metric", "layer"]).reset_index(drop=True)
 
 
 def kill_at_a_random_step(runs_dir, seed):
@@ -59,33 +55,11 @@ def _identity():
     return identity(compose(RUN))
 
 
-SHORT = ["scale=smoke", "norm=batch", "train.steps=120", "probes.every=20", "runtime.checkpoint_every=40",
-         "runtime.log_every=20", "runtime.progress=false", "logger=none"]
-
-
-def interrupted(runs_dir, monkeypatch, at_step, overrides=SHORT):
-    """Run `overrides`, raising KeyboardInterrupt at `at_step` (an in-process stand-in for a kill)."""
-    from bnlab.train import Trainer
-
-    real = Trainer.step
-
-    def step(self, s):
-        if s == at_step:
-            raise KeyboardInterrupt
-        real(self, s)
-
-    monkeypatch.setattr(Trainer, "step", step)
-    with pytest.raises(KeyboardInterrupt):
-        run(compose([*overrides, f"runtime.runs_dir={runs_dir}"]))
-    monkeypatch.setattr(Trainer, "step", real)
-    return store.run_dir(compose([*overrides, f"runtime.runs_dir={runs_dir}"]))
-
-
 def test_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path, monkeypatch, caplog):
     caplog.set_level("INFO", logger="bnlab")
     reference = run(compose([*SHORT, f"runtime.runs_dir={tmp_path}/reference"]))
     directory = interrupted(tmp_path / "runs", monkeypatch, at_step=100)
-    assert store.read_summary(directory)["status"] == "failed"
+    assert store.read_summary(directory)["status"] == "interrupted"
     current = directory / checkpoint.CURRENT
     current.write_bytes(current.read_bytes()[:1000])  # truncated
     resumed = run(compose([*SHORT, f"runtime.runs_dir={tmp_path}/runs"]))
