@@ -141,7 +141,8 @@ class Trainer:
     def fit(self) -> Path:
         cfg, steps = self.cfg, self.cfg.train.steps
         wandb = WandbRun(cfg, self.directory, self.key, identity(cfg))
-        bar = tqdm(total=steps, desc=self.key, disable=not cfg.runtime.progress, unit="step", mininterval=1.0)
+        bar = tqdm(total=steps, desc=self.key, disable=not (cfg.runtime.progress and sys.stderr.isatty()), unit="step",
+                   mininterval=1.0)
         started, status, diverged_at = time.perf_counter(), "finished", None
         done = self.resumed_from = self._resume()
         bar.update(done)
