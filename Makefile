@@ -38,7 +38,7 @@ lint: setup
 	$(BIN)/ruff check bnlab experiments tests scripts
 
 bench: setup
-	$(BIN)/python scripts/bench_dln.py
+	$(BIN)/python scripts/bench.py
 
 sync-wandb: setup
 	find $(RUNS) -type d -name 'offline-run-*' -exec $(BIN)/wandb sync {} +

@@ -1,17 +1,13 @@
-"""`make bench` (DLN part): bnlab's training loop against the straightforward one, side by side.
+"""The DLN items of `make bench` (scripts/bench.py): bnlab's training loop against the straightforward one.
 
-Items (results/bench/<machine>.json and the README's table):
 - per-step time of a BatchNorm DLN step: a plain eager nn.Module loop (BatchNorm written out as mean /
   var / normalize, torch.optim.SGD) vs bnlab's loop without probes; interleaved repetitions, medians;
 - one paper-scale BatchNorm DLN run (10k full-batch steps) with ICS, landscape, activation and sigma
   probes every 50 steps, end to end through bnlab.train.run (target: under 60 s on a 2-core CPU).
 """
 
-import json
-import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -63,7 +59,8 @@ def time_steps(step) -> float:
     return (time.perf_counter() - started) / STEPS
 
 
-def main():
+def step_comparison(repeats: int = REPEATS) -> dict:
+    """Milliseconds per BatchNorm DLN step: a plain eager loop vs bnlab's loop without probes."""
     x, a = torch.randn(1000, 10), torch.randn(10, 10)
     y = x @ a.T
     model = plain_model()
@@ -84,27 +81,17 @@ def main():
             trainer.step(next(counter))
 
         plain, ours = [], []
-        for _ in range(REPEATS):  # interleaved, so both see the same machine load
+        for _ in range(repeats):  # interleaved, so both see the same machine load
             plain.append(time_steps(plain_step))
             ours.append(time_steps(bnlab_step))
-        started = time.perf_counter()
-        run(compose(common))
-        full_run = time.perf_counter() - started
-
     plain_ms, ours_ms = statistics.median(plain) * 1e3, statistics.median(ours) * 1e3
-    result = {
-        "machine": f"{cpu_model()}, {os.cpu_count()} cores ({torch.get_num_threads()} torch thread)",
-        "torch": torch.__version__,
-        "python": sys.version.split()[0],
-        "bn_dln_step_ms": {"plain_eager_loop": round(plain_ms, 3), "bnlab": round(ours_ms, 3),
-                           "ratio_bnlab_over_plain": round(ours_ms / plain_ms, 3)},
-        "paper_bn_dln_run_with_probes_every_50_s": round(full_run, 1),
-    }
-    out = Path("results/bench")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "cpu.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    return {"plain_eager_loop": round(plain_ms, 3), "bnlab": round(ours_ms, 3),
+            "ratio_bnlab_over_plain": round(ours_ms / plain_ms, 3)}
 
 
-if __name__ == "__main__":
-    main()
+def paper_run_seconds() -> float:
+    """One paper-scale BatchNorm DLN run with every probe every 50 steps, end to end through bnlab.train.run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        run(compose(["norm=batch", "logger=none", "runtime.progress=false", f"runtime.runs_dir={tmp}"]))
+        return round(time.perf_counter() - started, 1)
