@@ -46,8 +46,10 @@ class BatchNoise(nn.Module):
         units = a.shape[1]
         mu = (torch.rand(units, device=a.device, dtype=a.dtype) * 2 - 1) * self.n_mu
         sigma = 1 + torch.rand(units, device=a.device, dtype=a.dtype) * (self.n_sigma - 1)
-        m = _per_unit(mu, a) + (torch.rand_like(a) * 2 - 1) * self.r_mu
-        s = _per_unit(sigma, a) + torch.randn_like(a) * self.r_sigma
+        # Drawn in logical order (not rand_like, which follows a's memory layout), so that a channels-last
+        # input gets the same noise as a contiguous one.
+        m = _per_unit(mu, a) + (torch.rand(a.shape, device=a.device, dtype=a.dtype) * 2 - 1) * self.r_mu
+        s = _per_unit(sigma, a) + torch.randn(a.shape, device=a.device, dtype=a.dtype) * self.r_sigma
         return s * a + m
 
     def extra_repr(self) -> str:

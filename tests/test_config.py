@@ -59,6 +59,9 @@ def test_run_key_ignores_runtime_and_lr_spelling():
     ("norm.noise.constants.n_sigma=0.5", "norm.noise.constants.n_sigma"),
     ("data.loss=l1", "data.loss"),
     ("runtime.device=tpu", "runtime.device"),
+    ("runtime.channels_last=sometimes", "runtime.channels_last"),
+    ("runtime.compile=maybe", "runtime.compile"),
+    ("runtime.tf32=1", "runtime.tf32"),
 ])
 def test_invalid_values_name_key_value_and_allowed(override, key):
     with pytest.raises(ConfigError) as err:

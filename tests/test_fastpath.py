@@ -1,0 +1,52 @@
+"""The fast paths against their plain twins: channels-last memory format and torch.compile train like the
+eager, default-layout model (within float32 rounding); probes see the same noise either way."""
+
+import numpy as np
+import pytest
+import torch
+
+from bnlab import store
+from bnlab.config import compose
+from bnlab.train import Trainer, run
+
+
+def values(directory):
+    m = store.read_metrics(directory)
+    return m.assign(metric=m.metric.astype(str)).sort_values(["step", "metric", "layer"]).reset_index(drop=True)
+
+
+def assert_close(a, b, rtol):
+    """Same rows; the smooth metrics (training loss, landscape losses) equal within `rtol`. Accuracies and
+    gradient differences amplify float rounding, so they are not compared."""
+    assert a[["step", "metric", "layer"]].equals(b[["step", "metric", "layer"]])
+    smooth = a.metric.isin(["loss"]) | a.metric.str.startswith("landscape_loss@")
+    assert smooth.sum() > 10
+    np.testing.assert_allclose(a.value[smooth].to_numpy(), b.value[smooth].to_numpy(), rtol=rtol)
+
+
+def test_channels_last_trains_like_the_default_layout(tiny_cifar, tmp_path):
+    # float64: in float32 the two layouts' convolutions round differently, and a BN net's weight gradients,
+    # sums of terms that nearly cancel, carry that at 1e-3 relative into the step.
+    tiny = ["model=vgg", "scale=smoke", "norm=noisy_batch", "model.width=0.0625", "train.steps=6", "probes.every=3",
+            "data.eval.every=3", "data.train_subset=null", "train.dtype=float64", "runtime.progress=false",
+            "logger=none"]
+    default = run(compose([*tiny, f"runtime.runs_dir={tmp_path}/default"]))
+    cfg = compose([*tiny, "runtime.channels_last=true", f"runtime.runs_dir={tmp_path}/channels_last"])
+    trainer = Trainer(cfg, tmp_path / "probe")
+    assert trainer.model.features[0].conv.weight.is_contiguous(memory_format=torch.channels_last)
+    channels_last = run(cfg)
+    assert_close(values(channels_last), values(default), rtol=1e-9)
+
+
+def test_channels_last_auto_is_off_on_a_cpu_and_for_the_dln(tmp_path):
+    cfg = compose(["scale=smoke", "logger=none", f"runtime.runs_dir={tmp_path}"])
+    assert Trainer(cfg, tmp_path / "a").channels_last is False
+
+
+@pytest.mark.slow
+def test_compiled_training_step_matches_eager_and_probes_replay_its_noise(tmp_path):
+    base = ["scale=smoke", "norm=noisy_batch", "train.steps=30", "probes.every=10", "runtime.log_every=10",
+            "runtime.progress=false", "logger=none"]
+    eager = run(compose([*base, f"runtime.runs_dir={tmp_path}/eager"]))
+    compiled = run(compose([*base, "runtime.compile=true", f"runtime.runs_dir={tmp_path}/compiled"]))
+    assert_close(values(compiled), values(eager), rtol=1e-5)
