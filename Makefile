@@ -7,6 +7,7 @@
 SCALE ?= paper
 SEEDS ?=
 LAUNCHER ?= local
+PACK ?= 1
 ARGS ?=
 JOBS ?= $(shell nproc 2>/dev/null || echo 1)
 PYTHON ?= python3
@@ -26,7 +27,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 reproduce-%: setup
-	$(BIN)/bnlab-figure $* --train --scale $(SCALE) $(SEEDS_ARG) --jobs $(JOBS) --launcher $(LAUNCHER) $(ARGS)
+	$(BIN)/bnlab-figure $* --train --scale $(SCALE) $(SEEDS_ARG) --jobs $(JOBS) --launcher $(LAUNCHER) --pack $(PACK) $(ARGS)
 
 figure-%: setup
 	$(BIN)/bnlab-figure $* --scale $(SCALE) $(SEEDS_ARG) $(filter-out hydra.% hydra/%,$(ARGS))

@@ -92,7 +92,8 @@ def _warn_if_slow(cfgs, jobs: int) -> None:
               file=sys.stderr, flush=True)
 
 
-def train_missing(cfgs, jobs: int, launcher: str = "local", launcher_overrides=(), name: str = "runs") -> None:
+def train_missing(cfgs, jobs: int, launcher: str = "local", launcher_overrides=(), name: str = "runs",
+                  pack: int = 1) -> None:
     """Train every run of `cfgs` not yet finished in the store: `jobs` processes at a time here, or through
     a Hydra launcher (SLURM). A run without probes is not trained when a probed run of the same trajectory
     is stored or about to be trained: the store serves it from that twin (bnlab.store.find_run)."""
@@ -102,7 +103,7 @@ def train_missing(cfgs, jobs: int, launcher: str = "local", launcher_overrides=(
     twins = {d for d, c in needed.items() if d not in stored and not probes_enabled(c) and _trajectory(c) in probed}
     todo = {d: cfg for d, cfg in needed.items() if d not in stored and d not in twins}
     prepare_data(todo.values())
-    where = f"{jobs} at a time" if launcher == "local" else f"as tasks of one job array, launcher {launcher}"
+    where = f"{jobs} at a time" if launcher == "local" else f"{pack} per task of one job array, launcher {launcher}"
     print(f"{len(needed)} distinct runs needed: {len(stored)} already in the store, {len(twins)} to be served by a "
           f"probed run of the same trajectory, {len(todo)} to train ({where})", flush=True)
     if not todo:
@@ -113,7 +114,7 @@ def train_missing(cfgs, jobs: int, launcher: str = "local", launcher_overrides=(
         c["runtime"]["progress"] = launcher == "local" and jobs == 1 and sys.stderr.isatty()
         containers.append(c)
     if launcher != "local":
-        launch(containers, launcher, list(launcher_overrides), name)
+        launch(containers, launcher, list(launcher_overrides), name, pack)
         return
     _warn_if_slow(todo.values(), jobs)
     started = time.perf_counter()
@@ -127,10 +128,11 @@ def train_missing(cfgs, jobs: int, launcher: str = "local", launcher_overrides=(
     print(f"trained {len(containers)} runs in {time.perf_counter() - started:.0f} s", flush=True)
 
 
-def launch(containers: list[dict], launcher: str, overrides: list[str], name: str) -> None:
+def launch(containers: list[dict], launcher: str, overrides: list[str], name: str, pack: int = 1) -> None:
     """Hand the runs to a Hydra launcher as one sweep over the entries of a run list (on SLURM: one job
-    array, a task per run) and wait for it. The list holds each run's full config, so the tasks run exactly
-    these runs however the figure composed them."""
+    array, a task per `pack` runs, trained at once) and wait for it. The list holds each run's full config,
+    so the tasks run exactly these runs however the figure composed them. Runs come longest first, so the
+    runs packed together take about as long as each other."""
     from datetime import datetime
 
     def absolute(path):
@@ -145,12 +147,14 @@ def launch(containers: list[dict], launcher: str, overrides: list[str], name: st
     sweep_dir = runs_root / "hydra" / f"{datetime.now():%Y-%m-%d_%H-%M-%S}-{name}-{launcher}"
     sweep_dir.mkdir(parents=True, exist_ok=True)
     run_list = sweep_dir / "runs.json"
-    store.atomic_write(run_list, lambda p: p.write_text(json.dumps(containers, indent=1)))
-    command = [sys.executable, "-m", "bnlab.train", "--multirun", f"hydra/launcher={launcher}",
+    groups = [containers[i:i + pack] for i in range(0, len(containers), pack)]
+    store.atomic_write(run_list, lambda p: p.write_text(json.dumps(groups, indent=1)))
+    # Not `-m bnlab.train`: submitit pickles the task function, and one defined in __main__ goes by value.
+    command = [sys.executable, "-c", "from bnlab.train import main; main()", "--multirun", f"hydra/launcher={launcher}",
                f"hydra.sweep.dir={sweep_dir}", f"hydra.job.name=bnlab-{name}", f"runtime.run_list={run_list}",
-               f"runtime.run_index=range(0,{len(containers)})", *overrides]
-    print(f"submitting {len(containers)} runs ({run_list}); waiting for them. Interrupting this leaves the "
-          f"jobs running: draw later with `bnlab-figure {name}`.", flush=True)
+               f"runtime.run_index=range(0,{len(groups)})", *overrides]
+    print(f"submitting {len(containers)} runs as {len(groups)} tasks ({run_list}); waiting for them. Interrupting "
+          f"this leaves the jobs running: draw later with `bnlab-figure {name}`.", flush=True)
     started = time.perf_counter()
     try:
         returncode = subprocess.run(command).returncode
@@ -204,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=None, help="seeds per config (default: the scale's)")
     parser.add_argument("--train", action="store_true", help="train missing runs first")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs trained at once (local)")
+    parser.add_argument("--pack", type=int, default=1,
+                        help="runs per task of the job array, trained at once (launchers other than local)")
     parser.add_argument("--launcher", default="local", choices=launchers(),
                         help="local: train here, --jobs at a time; slurm: one SLURM job array (configs/hydra/launcher)")
     parser.add_argument("--out", type=Path, default=Path("results"), help="results folder (default: results)")
@@ -223,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
                      "configs/hydra/launcher config), not with local training or drawing")
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
+    if args.pack < 1:
+        parser.error(f"--pack must be at least 1, got {args.pack}")
 
     from bnlab.cifar10 import DataError
     from bnlab.config import ConfigError, compose, validate
@@ -239,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             validate(cfg)  # every run checked before any of them starts
         if args.train:
             train_missing([c for group in cfgs.values() for c in group], args.jobs, args.launcher,
-                          launcher_overrides, args.name)
+                          launcher_overrides, args.name, args.pack)
         for name in names:
             draw(name, args.scale, seeds, run_overrides, args.out)
     except (MissingRuns, ConfigError, DataError, LaunchError) as exc:

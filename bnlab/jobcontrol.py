@@ -51,3 +51,50 @@ class StopSignals:
                 handler(s, None)
             elif handler == signal.SIG_DFL:  # the default action of all three is to end the process
                 raise SystemExit(128 + s)
+
+
+def train_together(containers: list[dict]) -> None:
+    """Train several runs at once, each in its own process: how one SLURM task (bnlab-figure --pack) fills
+    a GPU that one small run leaves mostly idle. A stop signal to this process (SLURM's warning before a
+    time limit or preemption, SIGTERM) is passed on to every run, which checkpoints at its current step
+    and stops; then this process's previous handler acts (submitit requeues the task), and the requeued
+    task resumes every run from its checkpoint."""
+    from multiprocessing import get_context
+
+    if len(containers) == 1:
+        _train_container(containers[0])
+        return
+    workers = [get_context("spawn").Process(target=_train_container, args=(c,)) for c in containers]
+    for w in workers:
+        w.start()
+
+    def pass_on(signum, frame):
+        for w in workers:
+            if w.is_alive():
+                os.kill(w.pid, signum)
+        for w in workers:
+            w.join()
+        handler = previous[signum]
+        if callable(handler):
+            handler(signum, frame)
+        elif handler == signal.SIG_DFL:
+            raise SystemExit(128 + signum)
+
+    previous = {s: signal.signal(s, pass_on) for s in (signal.SIGUSR2, signal.SIGTERM)}
+    try:
+        for w in workers:
+            w.join()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    failed = sum(1 for w in workers if w.exitcode)
+    if failed:
+        raise RuntimeError(f"{failed} of {len(containers)} runs trained together did not finish (see the log above)")
+
+
+def _train_container(container: dict) -> None:
+    from omegaconf import OmegaConf
+
+    from bnlab.train import run
+
+    run(OmegaConf.create(container))

@@ -20,14 +20,14 @@ from pathlib import Path
 
 import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 
 import bnlab
 from bnlab import checkpoint, runlock, store
 from bnlab.config import CONFIG_DIR, ConfigError, identity, resolved, run_key, validate
 from bnlab.data import build_data
-from bnlab.jobcontrol import StopSignals, slurm_job
+from bnlab.jobcontrol import StopSignals, slurm_job, train_together
 from bnlab.metrics import MetricRows
 from bnlab.models import build_model
 from bnlab.probe_schedule import ProbeSchedule
@@ -294,19 +294,19 @@ class Trainer:
         log.info("%s: %s after %d steps in %.1f s -> %s", self.key, status, len(losses), wall, self.directory)
 
 
-def listed_run(cfg: DictConfig) -> DictConfig:
-    """Entry `runtime.run_index` of the run list `runtime.run_list` (a JSON list of full run configs).
-    `bnlab-figure --launcher slurm` writes one and sweeps run_index, so that exactly the runs a figure
-    still needs, however they were composed, become the tasks of one job array."""
+def listed_runs(cfg: DictConfig) -> list[dict]:
+    """Entry `runtime.run_index` of the run list `runtime.run_list`: a JSON list of groups of full run
+    configs. `bnlab-figure --launcher slurm` writes one and sweeps run_index, so that exactly the runs a
+    figure still needs, however they were composed, become the tasks of one job array, `--pack` runs each."""
     path, index = Path(cfg.runtime.run_list), cfg.runtime.run_index
     try:
-        runs = json.loads(path.read_text())
+        groups = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ConfigError("runtime.run_list", str(path),
                           f"a run list written by bnlab-figure --launcher slurm (this one: {exc})") from exc
-    if not isinstance(index, int) or not 0 <= index < len(runs):
-        raise ConfigError("runtime.run_index", index, f"0 to {len(runs) - 1}: {path} lists {len(runs)} runs")
-    return OmegaConf.create(runs[index])
+    if not isinstance(index, int) or not 0 <= index < len(groups):
+        raise ConfigError("runtime.run_index", index, f"0 to {len(groups) - 1}: {path} lists {len(groups)} groups")
+    return groups[index]
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
@@ -314,7 +314,10 @@ def _hydra_main(cfg: DictConfig) -> None:
     from bnlab.cifar10 import DataError
 
     try:
-        run(listed_run(cfg) if cfg.runtime.get("run_list") else cfg)
+        if cfg.runtime.get("run_list"):
+            train_together(listed_runs(cfg))
+        else:
+            run(cfg)
     except (ConfigError, DataError) as exc:  # the message says what is wrong and how to fix it
         print(f"bnlab-train: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -129,11 +129,11 @@ def test_a_run_list_entry_out_of_range_is_refused(tmp_path):
     from omegaconf import OmegaConf
 
     from bnlab.config import ConfigError
-    from bnlab.train import listed_run
+    from bnlab.train import listed_runs
 
-    (tmp_path / "runs.json").write_text(json.dumps([{"seed": 3}]))
+    (tmp_path / "runs.json").write_text(json.dumps([[{"seed": 3}, {"seed": 4}]]))
     cfg = OmegaConf.create({"runtime": {"run_list": str(tmp_path / "runs.json"), "run_index": 0}})
-    assert listed_run(cfg).seed == 3
+    assert [c["seed"] for c in listed_runs(cfg)] == [3, 4]
     cfg.runtime.run_index = 1
-    with pytest.raises(ConfigError, match="lists 1 runs"):
-        listed_run(cfg)
+    with pytest.raises(ConfigError, match="lists 1 groups"):
+        listed_runs(cfg)

@@ -17,6 +17,7 @@ from runhelpers import metrics
 from bnlab import checkpoint, store
 from bnlab.config import compose
 from bnlab.train import run
+from experiments.common import sweep
 
 pytestmark = pytest.mark.slurm
 SCRIPT = Path(__file__).parents[1] / "scripts" / "slurm-local.sh"
@@ -53,15 +54,16 @@ def slurm(*args) -> str:
 def test_a_figure_sweep_runs_as_one_job_array_and_the_figure_is_drawn(slurm_cluster, tmp_path):
     env = {**os.environ, "BNLAB_RUNS": str(tmp_path / "runs")}
     command = [sys.executable, "-m", "bnlab.figure_cli", "lp-landscape-dln", "--scale", "smoke", "--train",
-               "--launcher", "slurm", "--out", str(tmp_path / "results"), "train.steps=300", *LOCAL_NODE]
+               "--launcher", "slurm", "--pack", "2", "--out", str(tmp_path / "results"), "train.steps=300",
+               *LOCAL_NODE]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     summaries = [json.loads(p.read_text()) for p in (tmp_path / "runs" / "smoke").glob("*/summary.json")]
     assert len(summaries) == 5 and {s["status"] for s in summaries} == {"finished"}
     jobs = [s["slurm"] for s in summaries]
     assert len({j["array_job_id"] for j in jobs}) == 1  # one array ...
-    assert sorted(int(j["array_task_id"]) for j in jobs) == [0, 1, 2, 3, 4]  # ... a task per run
-    assert len({j["job_id"] for j in jobs}) == 5
+    assert sorted(int(j["array_task_id"]) for j in jobs) == [0, 0, 1, 1, 2]  # ... a task per two runs
+    assert len({j["job_id"] for j in jobs}) == 3
     assert (tmp_path / "results" / "smoke" / "lp-landscape-dln.png").stat().st_size > 10_000
     claims = json.loads((tmp_path / "results" / "smoke" / "claims.json").read_text())
     assert "lp-landscape-dln" in json.dumps(claims)
@@ -70,32 +72,44 @@ def test_a_figure_sweep_runs_as_one_job_array_and_the_figure_is_drawn(slurm_clus
     assert again.returncode == 0 and "5 already in the store" in again.stdout and "0 to train" in again.stdout
 
 
+def signal_then_hurry_the_requeue(job: str, deadline: float) -> None:
+    """Send what SLURM sends before a time limit or preemption (the signal submitit handles), wait for the
+    task to be requeued, then let it start at once (SLURM holds a requeued job for two minutes)."""
+    slurm("scancel", "--signal=USR2", job)
+    while not {"Restarts=1", "JobState=PENDING"} <= set(slurm("scontrol", "show", "job", job).split()):
+        assert time.time() < deadline, "the job was not requeued"
+        time.sleep(0.2)
+    slurm("scontrol", "update", f"JobId={job}", "StartTime=now")
+
+
+def stop_steps(log_dir: Path) -> dict[str, int]:
+    """run key -> the step at which the run checkpointed on the signal, from the tasks' logs."""
+    logs = "\n".join(p.read_text() for p in log_dir.glob("*/*_log.*"))
+    found = re.findall(r"(\S+): signal SIGUSR2 at step (\d+); checkpointed there", logs)
+    return {key: int(step) for key, step in found}
+
+
 def test_a_task_told_it_is_preempted_checkpoints_requeues_and_finishes_identically(slurm_cluster, tmp_path):
     overrides = ["scale=smoke", "norm=noisy_batch", "train.steps=3000", "probes.every=100",
                  "probes.landscape.direction=random", "runtime.checkpoint_every=1000", "runtime.progress=false"]
     reference = run(compose([*overrides, "logger=none", f"runtime.runs_dir={tmp_path}/reference"]))
     runs = tmp_path / "runs"
     directory = store.run_dir(compose([*overrides, f"runtime.runs_dir={runs}"]))
-    sweep = subprocess.Popen(
-        [sys.executable, "-m", "bnlab.train", "--multirun", *overrides, f"runtime.runs_dir={runs}",
-         "hydra/launcher=slurm", "hydra.job.name=bnlab-preempt-test", f"hydra.sweep.dir={tmp_path}/sweep", *LOCAL_NODE],
+    multirun = subprocess.Popen(
+        [sys.executable, "-c", "from bnlab.train import main; main()", "--multirun", *overrides,
+         f"runtime.runs_dir={runs}", "hydra/launcher=slurm", "hydra.job.name=bnlab-preempt-test",
+         f"hydra.sweep.dir={tmp_path}/sweep", *LOCAL_NODE],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
-    while not (directory / checkpoint.CURRENT).exists() and time.time() < deadline and sweep.poll() is None:
+    while not (directory / checkpoint.CURRENT).exists() and time.time() < deadline and multirun.poll() is None:
         time.sleep(0.01)
     job = slurm("squeue", "-h", "-n", "bnlab-preempt-test", "-o", "%i").strip()
     assert job, "the job is not in the queue"
-    slurm("scancel", "--signal=USR2", job)  # what SLURM sends before a time limit or preemption (submitit's)
-    while not {"Restarts=1", "JobState=PENDING"} <= set(slurm("scontrol", "show", "job", job).split()):
-        assert time.time() < deadline, "the job was not requeued"
-        time.sleep(0.2)
-    # SLURM holds a requeued job for two minutes before it may start again; let it start now.
-    slurm("scontrol", "update", f"JobId={job}", "StartTime=now")
-    output = sweep.communicate(timeout=max(1, deadline - time.time()))[0]
-    assert sweep.returncode == 0, output
+    signal_then_hurry_the_requeue(job, deadline)
+    output = multirun.communicate(timeout=max(1, deadline - time.time()))[0]
+    assert multirun.returncode == 0, output
 
-    log = "\n".join(p.read_text() for p in (tmp_path / "sweep" / ".submitit").glob("*/*_log.out"))
-    stopped_at = int(re.search(r"signal SIGUSR2 at step (\d+); checkpointed there", log).group(1))
+    stopped_at = stop_steps(tmp_path / "sweep" / ".submitit")[directory.name]
     assert 1000 < stopped_at < 3000  # its own checkpoint, not the periodic one at step 1000
     summary = store.read_summary(directory)
     assert summary["status"] == "finished" and summary["resumed_from_step"] == stopped_at
@@ -103,3 +117,33 @@ def test_a_task_told_it_is_preempted_checkpoints_requeues_and_finishes_identical
     assert metrics(directory).equals(metrics(reference))
     wandb_id = re.sub(r"[^A-Za-z0-9_-]", "_", directory.name)
     assert len(list((directory / "wandb").glob(f"offline-run-*-{wandb_id}"))) == 2  # one wandb run, continued
+
+
+def test_runs_packed_in_one_task_all_checkpoint_on_the_signal_and_resume_identically(slurm_cluster, tmp_path):
+    overrides = ["train.steps=3000", "probes.every=100", "runtime.checkpoint_every=1000", "logger=none"]
+    reference_cfgs = sweep("dln-landscape", "smoke", 1, [*overrides, f"runtime.runs_dir={tmp_path}/reference"])
+    references = {directory.name: directory for directory in map(run, reference_cfgs)}
+    runs = tmp_path / "runs"
+    directories = [store.run_dir(cfg) for cfg in sweep("dln-landscape", "smoke", 1,
+                                                       [*overrides, f"runtime.runs_dir={runs}"])]
+    figure = subprocess.Popen(
+        [sys.executable, "-m", "bnlab.figure_cli", "dln-landscape", "--scale", "smoke", "--train", "--launcher",
+         "slurm", "--pack", "2", "--out", str(tmp_path / "results"), *overrides, f"runtime.runs_dir={runs}",
+         "hydra.job.name=bnlab-pack-test", *LOCAL_NODE],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while not all((d / checkpoint.CURRENT).exists() for d in directories) and time.time() < deadline:
+        assert figure.poll() is None, figure.stdout.read()
+        time.sleep(0.01)
+    job = slurm("squeue", "-h", "-n", "bnlab-pack-test", "-o", "%i").strip()
+    assert len(job.split()) == 1, job  # both runs in one task
+    signal_then_hurry_the_requeue(job, deadline)
+    output = figure.communicate(timeout=max(1, deadline - time.time()))[0]
+    assert figure.returncode == 0, output
+
+    stopped = stop_steps(next((runs / "hydra").glob("*-dln-landscape-slurm")) / ".submitit")
+    for directory in directories:
+        summary = store.read_summary(directory)
+        assert 1000 < stopped[directory.name] < 3000
+        assert summary["resumed_from_step"] == stopped[directory.name] and summary["slurm"]["restart_count"] == "1"
+        assert metrics(directory).equals(metrics(references[directory.name]))
