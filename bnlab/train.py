@@ -185,7 +185,7 @@ class Trainer:
                         self._checkpoint(completed, self.wall_before + time.perf_counter() - started)
                     if stopping:
                         log.warning("%s: signal %s at step %d; checkpointed there", self.key,
-                                    ", ".join(signal.Signals(s).name for s in stop.pending), completed)
+                                    ", ".join(sorted({signal.Signals(s).name for s in stop.pending})), completed)
                         wandb.interrupt()
                         stop.forward()  # returns when the handler lets the run go on (submitit ignores SIGTERM)
                         wandb = WandbRun(cfg, self.directory, self.key, identity(cfg))
