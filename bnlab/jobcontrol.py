@@ -46,11 +46,15 @@ class StopSignals:
     def forward(self) -> None:
         pending, self.pending = self.pending, []
         for s in pending:
-            handler = self.previous.get(s)
-            if callable(handler):
-                handler(s, None)
-            elif handler == signal.SIG_DFL:  # the default action of all three is to end the process
-                raise SystemExit(128 + s)
+            pass_to(self.previous.get(s), s)
+
+
+def pass_to(handler, signum: int, frame=None) -> None:
+    """Do what `handler` (a previous signal handler) would have done with `signum`."""
+    if callable(handler):
+        handler(signum, frame)
+    elif handler == signal.SIG_DFL:  # the default action of SIGUSR2, SIGTERM and SIGINT is to end the process
+        raise SystemExit(128 + signum)
 
 
 def train_together(containers: list[dict]) -> None:
@@ -74,11 +78,7 @@ def train_together(containers: list[dict]) -> None:
                 os.kill(w.pid, signum)
         for w in workers:
             w.join()
-        handler = previous[signum]
-        if callable(handler):
-            handler(signum, frame)
-        elif handler == signal.SIG_DFL:
-            raise SystemExit(128 + signum)
+        pass_to(previous[signum], signum, frame)
 
     previous = {s: signal.signal(s, pass_on) for s in (signal.SIGUSR2, signal.SIGTERM)}
     try:

@@ -60,22 +60,21 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn, device, inner: int = 1) -> float:
-    """Seconds per call of `fn`, after one warm-up call."""
+def timed(fn, device) -> float:
+    """Seconds for one call of `fn`, after one warm-up call."""
     fn()
     sync(device)
     started = time.perf_counter()
-    for _ in range(inner):
-        fn()
+    fn()
     sync(device)
-    return (time.perf_counter() - started) / inner
+    return time.perf_counter() - started
 
 
-def side_by_side(ours, reference, device, repeats: int, inner: int = 1) -> dict:
+def side_by_side(ours, reference, device, repeats: int) -> dict:
     ours_s, reference_s = [], []
     for _ in range(repeats):  # interleaved: both see the same load
-        reference_s.append(timed(reference, device, inner))
-        ours_s.append(timed(ours, device, inner))
+        reference_s.append(timed(reference, device))
+        ours_s.append(timed(ours, device))
     o, r = statistics.median(ours_s), statistics.median(reference_s)
     return {"ours_s": round(o, 5), "reference_s": round(r, 5), "ratio_ours_over_reference": round(o / r, 3)}
 

@@ -4,15 +4,10 @@ eager, default-layout model (within float32 rounding); probes see the same noise
 import numpy as np
 import pytest
 import torch
+from runhelpers import metrics
 
-from bnlab import store
 from bnlab.config import compose
 from bnlab.train import Trainer, run
-
-
-def values(directory):
-    m = store.read_metrics(directory)
-    return m.assign(metric=m.metric.astype(str)).sort_values(["step", "metric", "layer"]).reset_index(drop=True)
 
 
 def assert_close(a, b, rtol):
@@ -35,7 +30,7 @@ def test_channels_last_trains_like_the_default_layout(tiny_cifar, tmp_path):
     trainer = Trainer(cfg, tmp_path / "probe")
     assert trainer.model.features[0].conv.weight.is_contiguous(memory_format=torch.channels_last)
     channels_last = run(cfg)
-    assert_close(values(channels_last), values(default), rtol=1e-9)
+    assert_close(metrics(channels_last), metrics(default), rtol=1e-9)
 
 
 def test_channels_last_auto_is_off_on_a_cpu_and_for_the_dln(tmp_path):
@@ -49,4 +44,4 @@ def test_compiled_training_step_matches_eager_and_probes_replay_its_noise(tmp_pa
             "runtime.progress=false", "logger=none"]
     eager = run(compose([*base, f"runtime.runs_dir={tmp_path}/eager"]))
     compiled = run(compose([*base, "runtime.compile=true", f"runtime.runs_dir={tmp_path}/compiled"]))
-    assert_close(values(compiled), values(eager), rtol=1e-5)
+    assert_close(metrics(compiled), metrics(eager), rtol=1e-5)
