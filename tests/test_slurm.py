@@ -79,6 +79,9 @@ def signal_then_hurry_the_requeue(job: str, deadline: float) -> None:
     while not {"Restarts=1", "JobState=PENDING"} <= set(slurm("scontrol", "show", "job", job).split()):
         assert time.time() < deadline, "the job was not requeued"
         time.sleep(0.2)
+    # slurmd refuses a credential issued in the same second as the job's kill ("Job credential revoked"),
+    # and the job is then dropped, not requeued: start it a few seconds later, not at once.
+    time.sleep(3)
     slurm("scontrol", "update", f"JobId={job}", "StartTime=now")
 
 
