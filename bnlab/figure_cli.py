@@ -42,13 +42,16 @@ def _figures():
     return FIGURES
 
 
-def _train_one(container: dict) -> tuple[str, str, float]:
+def _train_group(containers: list[dict]) -> list[tuple[str, str, float]]:
+    """Train one run, or several stacked (bnlab.stack): [(directory, status, seconds)] per run."""
+    from bnlab.stack import run_stacked
     from bnlab.train import run
 
-    cfg = OmegaConf.create(container)
+    cfgs = [OmegaConf.create(c) for c in containers]
     started = time.perf_counter()
-    directory = run(cfg)
-    return str(directory), (store.read_summary(directory) or {}).get("status", "?"), time.perf_counter() - started
+    directories = run_stacked(cfgs) if len(cfgs) > 1 else [run(cfgs[0])]
+    seconds = time.perf_counter() - started
+    return [(str(d), (store.read_summary(d) or {}).get("status", "?"), seconds) for d in directories]
 
 
 def _trajectory(cfg) -> str:
@@ -117,14 +120,22 @@ def train_missing(cfgs, jobs: int, launcher: str = "local", launcher_overrides=(
         launch(containers, launcher, list(launcher_overrides), name, pack)
         return
     _warn_if_slow(todo.values(), jobs)
+    from bnlab.stack import stack_groups
+
+    groups = stack_groups(containers)  # DLN runs that differ only in seed train as one stacked model
+    if len(groups) < len(containers):
+        print(f"  as {len(groups)} jobs: runs that differ only in their seed train stacked", flush=True)
     started = time.perf_counter()
     if jobs == 1:
-        results = (_train_one(c) for c in containers)
+        results = (_train_group(g) for g in groups)
     else:
         pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"))
-        results = (f.result() for f in as_completed([pool.submit(_train_one, c) for c in containers]))
-    for done, (directory, status, seconds) in enumerate(results, 1):
-        print(f"[{done}/{len(containers)}] {status:8s} {seconds:6.1f} s  {Path(directory).name}", flush=True)
+        results = (f.result() for f in as_completed([pool.submit(_train_group, g) for g in groups]))
+    done = 0
+    for group_results in results:
+        for directory, status, seconds in group_results:
+            done += 1
+            print(f"[{done}/{len(containers)}] {status:8s} {seconds:6.1f} s  {Path(directory).name}", flush=True)
     print(f"trained {len(containers)} runs in {time.perf_counter() - started:.0f} s", flush=True)
 
 

@@ -58,17 +58,21 @@ def pass_to(handler, signum: int, frame=None) -> None:
 
 
 def train_together(containers: list[dict]) -> None:
-    """Train several runs at once, each in its own process: how one SLURM task (bnlab-figure --pack) fills
-    a GPU that one small run leaves mostly idle. A stop signal to this process (SLURM's warning before a
+    """Train several runs at once: how one SLURM task (bnlab-figure --pack) fills a GPU that one small run
+    leaves mostly idle. Runs that differ only in their seed train as one stacked model (bnlab.stack), the
+    others each in a process of its own. A stop signal to this process (SLURM's warning before a
     time limit or preemption, SIGTERM) is passed on to every run, which checkpoints at its current step
     and stops; then this process's previous handler acts (submitit requeues the task), and the requeued
     task resumes every run from its checkpoint."""
     from multiprocessing import get_context
 
-    if len(containers) == 1:
-        _train_container(containers[0])
+    from bnlab.stack import stack_groups
+
+    groups = stack_groups(containers)
+    if len(groups) == 1:
+        _train_group(groups[0])
         return
-    workers = [get_context("spawn").Process(target=_train_container, args=(c,)) for c in containers]
+    workers = [get_context("spawn").Process(target=_train_group, args=(g,)) for g in groups]
     for w in workers:
         w.start()
 
@@ -89,12 +93,18 @@ def train_together(containers: list[dict]) -> None:
             signal.signal(s, handler)
     failed = sum(1 for w in workers if w.exitcode)
     if failed:
-        raise RuntimeError(f"{failed} of {len(containers)} runs trained together did not finish (see the log above)")
+        raise RuntimeError(f"{failed} of {len(groups)} groups of runs trained together did not finish "
+                           "(see the log above)")
 
 
-def _train_container(container: dict) -> None:
+def _train_group(containers: list[dict]) -> None:
     from omegaconf import OmegaConf
 
+    from bnlab.stack import run_stacked
     from bnlab.train import run
 
-    run(OmegaConf.create(container))
+    cfgs = [OmegaConf.create(c) for c in containers]
+    if len(cfgs) > 1:
+        run_stacked(cfgs)
+    else:
+        run(cfgs[0])

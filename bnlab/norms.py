@@ -59,7 +59,8 @@ class BatchNoise(nn.Module):
 class _AffineNorm(nn.Module):
     """Shared parts: learnable per-unit scale and shift, running statistics, optional noise."""
 
-    def __init__(self, num_features: int, momentum: float, eps: float, noise: BatchNoise | None):
+    def __init__(self, num_features: int | tuple[int, ...], momentum: float, eps: float, noise: BatchNoise | None):
+        """num_features: the number of units, or their shape (runs, width) in a stacked model."""
         super().__init__()
         self.num_features, self.momentum, self.eps = num_features, momentum, eps
         self.weight = nn.Parameter(torch.ones(num_features))
@@ -109,19 +110,27 @@ class LpNorm(_AffineNorm):
         self.register_buffer("running_mean", torch.zeros(num_features))
         self.register_buffer("running_norm", torch.ones(num_features))
 
+    def _statistics_dims(self, x: torch.Tensor) -> list[int]:
+        """The dimensions a unit's batch statistics run over (a stacked subclass has its own layout)."""
+        return _unit_dims(x)
+
+    def _expand(self, v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """A per-unit tensor shaped to broadcast against x."""
+        return _per_unit(v, x)
+
     def batch_norm_value(self, x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
         """N_p per unit. One vector_norm call, (sum |x|^p)^(1/p), scaled by count^(-1/p) to the batch
         average: the DLN is launch-bound, so fewer, fused ops matter more than anything else here."""
-        dims = _unit_dims(x)
-        base = (x - _per_unit(mean, x)) if self.center_before_norm else x
+        dims = self._statistics_dims(x)
+        base = (x - self._expand(mean, x)) if self.center_before_norm else x
         norm = torch.linalg.vector_norm(base, ord=self.p, dim=dims)
         if self.p == math.inf:
             return norm
-        return norm * (x.numel() // x.shape[1]) ** (-1 / self.p)
+        return norm * math.prod(x.shape[d] for d in dims) ** (-1 / self.p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
-            mean = x.mean(_unit_dims(x))
+            mean = x.mean(self._statistics_dims(x))
             norm = self.batch_norm_value(x, mean)
             with torch.no_grad():
                 self.running_mean.lerp_(mean.detach(), self.momentum)
@@ -129,7 +138,8 @@ class LpNorm(_AffineNorm):
         else:
             mean, norm = self.running_mean, self.running_norm
         scale = self.weight / (norm + self.eps)
-        return self._finish(torch.addcmul(_per_unit(self.bias, x), x - _per_unit(mean, x), _per_unit(scale, x)))
+        return self._finish(torch.addcmul(self._expand(self.bias, x), x - self._expand(mean, x),
+                                          self._expand(scale, x)))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, p={self.p}, center_before_norm={self.center_before_norm}"

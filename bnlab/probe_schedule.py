@@ -4,6 +4,9 @@ The landscape and activation probes look at theta_t before the optimizer step; i
 needs theta_{t+1} too, so it runs after the step with theta_t swapped back in for the measurement. All
 of them replay the random draw the training step itself used, so a noisy layer shows the probes the
 same noise the step saw, and none of them changes the run's random stream or its trajectory.
+
+A stacked model (bnlab.models.dln_stack) gets one schedule for all its runs: each run keeps its own
+generators (seeded from its seed, as when it trains alone) and its own metric rows.
 """
 
 from __future__ import annotations
@@ -17,20 +20,24 @@ from bnlab.metrics import MetricRows
 
 
 class ProbeSchedule:
-    def __init__(self, cfg, model: nn.Module, loss_fn, lr: float):
+    def __init__(self, cfg, model: nn.Module, loss_fn, lr: float, seeds: list[int] | None = None):
+        """`seeds`: those of a stacked model's runs, in order (default: the run's own, cfg.seed)."""
         p = cfg.probes
         self.cfg, self.model, self.loss_fn, self.lr = p, model, loss_fn, lr
+        self.stacked = getattr(model, "runs", None) is not None
+        seeds = [cfg.seed] if seeds is None else seeds
         layers = probes.numbered_layers(model)
         self.number = {name: i + 1 for i, (name, _) in enumerate(layers)}
         self.ics_layers = None if p.ics.layers == "all" else [layers[n - 1][0] for n in p.ics.layers]
         m = p.landscape.multipliers
         self.multipliers = probes.landscape_multipliers(m.start, m.stop, m.num, m.spacing)
-        self.direction_rng = torch.Generator().manual_seed(cfg.seed + 1)
+        self.direction_rngs = [torch.Generator().manual_seed(seed + 1) for seed in seeds]
         all_numbers = list(range(1, len(layers) + 1))
         act_layers = all_numbers if p.activations.layers == "all" else list(p.activations.layers)
         self.act_modules = {n: model.activation_modules()[n] for n in act_layers}
-        units_rng = torch.Generator().manual_seed(cfg.seed)
-        self.units = probes.sample_units(model, self.act_modules, p.activations.units, units_rng)
+        units_rngs = [torch.Generator().manual_seed(seed) for seed in seeds]
+        self.units = probes.sample_units(model, self.act_modules, p.activations.units,
+                                         units_rngs if self.stacked else units_rngs[0])
         self.bn_numbers = self._batchnorm_layer_numbers()
         self.any_enabled = probes_enabled(cfg)
 
@@ -53,7 +60,11 @@ class ProbeSchedule:
         a = self.cfg.activations
         return a.enabled and (step % self.cfg.every == 0 or (a.consecutive and step % self.cfg.every == 1))
 
-    def before_step(self, step: int, x, y, rows: MetricRows) -> None:
+    def _direction_generator(self):
+        return self.direction_rngs if self.stacked else self.direction_rngs[0]
+
+    def before_step(self, step: int, x, y, rows: list[MetricRows]) -> None:
+        """`rows`: the metric rows of each run (one list entry for an ordinary model)."""
         p = self.cfg
         self.rng_before = _rng_state(x.device)
         if self._activations_due(step):
@@ -64,29 +75,41 @@ class ProbeSchedule:
             self.theta_t = {n: t.detach().clone() for n, t in self.model.named_parameters()}
         if p.landscape.enabled:
             out = probes.landscape_tensors(self.model, self.loss_fn, x, y, self.lr, self.multipliers,
-                                           p.landscape.direction, self.direction_rng)
+                                           p.landscape.direction, self._direction_generator())
             for mult, loss, diff in zip(self.multipliers, out["loss"], out["grad_diff"], strict=True):
-                rows.add(step, f"landscape_loss@{mult:g}", 0, loss)
-                rows.add(step, f"grad_diff@{mult:g}", 0, diff)
-            rows.add(step, "beta", 0, out["beta"])
+                self._add(rows, step, f"landscape_loss@{mult:g}", 0, loss)
+                self._add(rows, step, f"grad_diff@{mult:g}", 0, diff)
+            self._add(rows, step, "beta", 0, out["beta"])
         if p.bn_sigma.enabled and self.bn_numbers:
             for name, sigma in probes.bn_input_sigma(self.model, x).items():
                 layer = self.bn_numbers[name]
-                rows.add(step, "bn_sigma_mean", layer, sigma.mean())
-                rows.add(step, "bn_sigma_median", layer, sigma.median())
-                rows.add(step, "bn_sigma_max", layer, sigma.max())
+                self._add(rows, step, "bn_sigma_mean", layer, sigma.mean(-1))
+                self._add(rows, step, "bn_sigma_median", layer, sigma.median(-1).values)
+                self._add(rows, step, "bn_sigma_max", layer, sigma.amax(-1))
 
-    def _record_activations(self, step: int, x, rows: MetricRows) -> None:
+    def _add(self, rows: list[MetricRows], step: int, metric: str, layer: int, value) -> None:
+        """One row per run: a stacked model's value has a run axis."""
+        if not self.stacked:
+            rows[0].add(step, metric, layer, value)
+            return
+        for run_rows, run_value in zip(rows, value.unbind(0), strict=True):
+            run_rows.add(step, metric, layer, run_value)
+
+    def _record_activations(self, step: int, x, rows: list[MetricRows]) -> None:
         quantiles = self.cfg.activations.quantiles
         stats = probes.activation_stats(self.model, x, self.act_modules, self.units, quantiles)
         for layer, s in stats.items():
-            for row, unit in enumerate(self.units[layer].tolist()):
-                rows.add(step, f"act_mean#u{unit}", layer, s["mean"][row])
-                rows.add(step, f"act_var#u{unit}", layer, s["var"][row])
-                for q, value in zip(quantiles, s["quantiles"][row], strict=True):
-                    rows.add(step, f"act_q{q:g}#u{unit}", layer, value)
+            for r, run_rows in enumerate(rows):
+                def of_run(t, r=r):  # a stacked model's stats and units have a leading run axis
+                    return t[r] if self.stacked else t
 
-    def after_step(self, step: int, x, y, rows: MetricRows) -> None:
+                for row, unit in enumerate(of_run(self.units[layer]).tolist()):
+                    run_rows.add(step, f"act_mean#u{unit}", layer, of_run(s["mean"])[row])
+                    run_rows.add(step, f"act_var#u{unit}", layer, of_run(s["var"])[row])
+                    for q, value in zip(quantiles, of_run(s["quantiles"])[row], strict=True):
+                        run_rows.add(step, f"act_q{q:g}#u{unit}", layer, value)
+
+    def after_step(self, step: int, x, y, rows: list[MetricRows]) -> None:
         if not self.cfg.ics.enabled or step % self.cfg.every != 0:
             return
         rng_after = _rng_state(x.device)
@@ -102,8 +125,8 @@ class ProbeSchedule:
                 t.copy_(updated[n])
         _set_rng_state(rng_after, x.device)
         for name, values in result.items():
-            rows.add(step, "ics_l2", self.number[name], values["l2"])
-            rows.add(step, "ics_cos", self.number[name], values["cos"])
+            self._add(rows, step, "ics_l2", self.number[name], values["l2"])
+            self._add(rows, step, "ics_cos", self.number[name], values["cos"])
 
 
 def _rng_state(device: torch.device):

@@ -4,8 +4,12 @@ activation statistics. They work on any torch.nn.Module under one assumption:
     the model's forward pass uses its parameters in the order of `model.named_parameters()`
     (true of every nn.Sequential and of models that register submodules in the order they call them).
 
-"Layers" are the model's nn.Linear and nn.Conv2d modules in that order; the paper's layer #n is the
-n-th of them.
+"Layers" are the model's nn.Linear and nn.Conv2d modules in that order (and modules that set
+`counts_as_layer`); the paper's layer #n is the n-th of them.
+
+A model with a `runs` attribute stacks that many independent runs (bnlab.models.dln_stack): its loss
+function returns one loss per run, its parameters and activations have a leading run axis, and every
+result gets one.
 
 Every probe
 - runs the model in training mode (batch statistics: exactly the function being optimized),
@@ -34,7 +38,27 @@ DEFAULT_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
 def numbered_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The conv/linear layers of `model` in forward order; the paper's layer #n is entry n - 1."""
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    return [(name, m) for name, m in model.named_modules() if _is_layer(m)]
+
+
+def _is_layer(m: nn.Module) -> bool:
+    return isinstance(m, (nn.Linear, nn.Conv2d)) or getattr(m, "counts_as_layer", False)
+
+
+def _runs(model: nn.Module) -> int | None:
+    """S for a model that stacks S independent runs (bnlab.models.dln_stack: every parameter, activation
+    and loss has a leading run axis, and every probe result gets one); None for an ordinary model."""
+    return getattr(model, "runs", None)
+
+
+def _per_run(t: torch.Tensor, runs: int | None) -> torch.Tensor:
+    """`t` as one row per run (a single row for an ordinary model), for per-run norms and cosines."""
+    return t.reshape(runs or 1, -1)
+
+
+def _single(t: torch.Tensor, runs: int | None) -> torch.Tensor:
+    """Drop the run axis of a per-run result of an ordinary model (0-d, as the probes always returned)."""
+    return t if runs else t.squeeze(0)
 
 
 class _Measurement:
@@ -73,6 +97,8 @@ def _device_of(model: nn.Module, inputs: torch.Tensor) -> torch.device:
 
 
 def _loss(model, loss_fn, inputs, targets, m: _Measurement) -> torch.Tensor:
+    """The loss (per run, for a stacked model). Gradients are taken of its sum: each run's parameters
+    affect only that run's loss, so they get exactly that run's gradient."""
     m.replay()
     return loss_fn(model(inputs), targets)
 
@@ -85,7 +111,8 @@ def ics(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.
     to their values theta_{t+1} after the optimizer step. For layer i with weight W_i:
         G_i  = grad_{W_i} L(theta_t)
         G'_i = grad_{W_i} L(every parameter before W_i at t+1, W_i and everything after at t)
-    on the same batch. Returns, in forward order, {module name: {"l2": ||G - G'||_2, "cos": cos(G, G')}}.
+    on the same batch. Returns, in forward order, {module name: {"l2": ||G - G'||_2, "cos": cos(G, G')}}
+    (for a stacked model, each a tensor with one entry per run).
     """
     return _tensors_to_floats(ics_tensors(model, loss_fn, inputs, targets, updated, layers))
 
@@ -102,8 +129,10 @@ def ics_tensors(model, loss_fn, inputs, targets, updated, layers=None) -> dict[s
     chosen = _choose_layers(model, layers)
     weights = [f"{name}.weight" for name, _ in chosen]
     params = [p for _, p in named]
+    runs = _runs(model)
     with _Measurement(model, _device_of(model, inputs)) as m:
-        grads_t = torch.autograd.grad(_loss(model, loss_fn, inputs, targets, m), [params[position[w]] for w in weights])
+        grads_t = torch.autograd.grad(_loss(model, loss_fn, inputs, targets, m).sum(),
+                                      [params[position[w]] for w in weights])
         result, done = {}, 0  # params[:done] hold their updated values
         for (module_name, _), weight, g in zip(chosen, weights, grads_t, strict=True):
             j = position[weight]
@@ -114,9 +143,10 @@ def ics_tensors(model, loss_fn, inputs, targets, updated, layers=None) -> dict[s
             if j == 0:  # nothing comes before the first weight: G' is G by definition
                 g_mixed = g
             else:
-                (g_mixed,) = torch.autograd.grad(_loss(model, loss_fn, inputs, targets, m), [params[j]])
-            result[module_name] = {"l2": torch.linalg.vector_norm(g - g_mixed),
-                                   "cos": F.cosine_similarity(g.flatten(), g_mixed.flatten(), dim=0)}
+                (g_mixed,) = torch.autograd.grad(_loss(model, loss_fn, inputs, targets, m).sum(), [params[j]])
+            g_rows, mixed_rows = _per_run(g, runs), _per_run(g_mixed, runs)
+            result[module_name] = {"l2": _single(torch.linalg.vector_norm(g_rows - mixed_rows, dim=1), runs),
+                                   "cos": _single(F.cosine_similarity(g_rows, mixed_rows, dim=1), runs)}
     return result
 
 
@@ -160,40 +190,65 @@ def landscape(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: 
 
 
 def landscape_tensors(model, loss_fn, inputs, targets, lr, multipliers, direction="gradient", generator=None):
-    """`landscape` with tensors instead of floats (no device synchronization)."""
+    """`landscape` with tensors instead of floats (no device synchronization). For a stacked model every
+    result has a run axis (loss and grad_diff: (multipliers, runs); beta: (runs,)) and `generator` is a
+    list of one generator per run."""
     if direction not in ("gradient", "random"):
         raise ValueError(f"direction must be 'gradient' or 'random', got {direction!r}")
     params = [p for p in model.parameters() if p.requires_grad]
+    runs = _runs(model)
+
+    def norm_per_run(tensors):  # the l2 norm of all of a run's entries
+        return torch.linalg.vector_norm(torch.stack(
+            [torch.linalg.vector_norm(_per_run(t, runs), dim=1) for t in tensors]), dim=0)
+
     with _Measurement(model, _device_of(model, inputs)) as m:
         theta = [p.detach().clone() for p in params]
-        grad = torch.autograd.grad(_loss(model, loss_fn, inputs, targets, m), params)
-        grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grad]))
+        grad = torch.autograd.grad(_loss(model, loss_fn, inputs, targets, m).sum(), params)
+        grad_norm = norm_per_run(grad)
         step = grad
         if direction == "random":
-            noise = [torch.randn(g.shape, generator=generator, dtype=g.dtype).to(g.device) for g in grad]
-            noise_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(n) for n in noise]))
-            step = [n * (grad_norm / noise_norm) for n in noise]
+            noise = _random_direction(grad, generator, runs)
+            scale = grad_norm / norm_per_run(noise)
+            step = [n * (scale.view(-1, *[1] * (n.dim() - 1)) if runs else scale) for n in noise]
         losses, diffs = [], []
         for mult in multipliers:
             with torch.no_grad():
                 for p, t, s in zip(params, theta, step, strict=True):
                     torch.add(t, s, alpha=-mult * lr, out=p)
             loss_m = _loss(model, loss_fn, inputs, targets, m)
-            grad_m = torch.autograd.grad(loss_m, params)
-            diffs.append(torch.linalg.vector_norm(torch.stack(
-                [torch.linalg.vector_norm(a - b) for a, b in zip(grad_m, grad, strict=True)])))
+            grad_m = torch.autograd.grad(loss_m.sum(), params)
+            diffs.append(_single(norm_per_run([a - b for a, b in zip(grad_m, grad, strict=True)]), runs))
             losses.append(loss_m.detach())
     losses, diffs = torch.stack(losses), torch.stack(diffs)
-    distance = torch.tensor(list(multipliers), dtype=diffs.dtype, device=diffs.device) * lr * grad_norm
-    return {"loss": losses, "grad_diff": diffs, "beta": (diffs / distance).max()}
+    distance = torch.tensor(list(multipliers), dtype=diffs.dtype, device=diffs.device) * lr
+    distance = distance.view(-1, *[1] * (diffs.dim() - 1)) * _single(grad_norm, runs)
+    return {"loss": losses, "grad_diff": diffs, "beta": (diffs / distance).amax(0)}
 
 
-def sample_units(model: nn.Module, modules: Mapping, count: int, generator: torch.Generator) -> dict:
-    """Pick `count` random units (channels) of each module's output, once per run: {key: LongTensor}."""
+def _random_direction(grad, generator, runs):
+    """A Gaussian tensor per gradient tensor; for a stacked model run s's slices come from generator[s] in
+    parameter order, the same numbers that run would draw alone."""
+    if not runs:
+        return [torch.randn(g.shape, generator=generator, dtype=g.dtype).to(g.device) for g in grad]
+    draws = [[torch.randn(g.shape[1:], generator=gen, dtype=g.dtype) for g in grad] for gen in generator]
+    return [torch.stack([draws[s][i] for s in range(runs)]).to(g.device) for i, g in enumerate(grad)]
+
+
+def sample_units(model: nn.Module, modules: Mapping, count: int, generator) -> dict:
+    """Pick `count` random units (channels) of each module's output, once per run: {key: LongTensor}. For
+    a stacked model `generator` is a list, one per run, and each value has a row per run."""
+    if _runs(model):
+        per_run = [_sample_units_of_run(model, modules, count, g) for g in generator]
+        return {key: torch.stack([units[key] for units in per_run]) for key in modules}
+    return _sample_units_of_run(model, modules, count, generator)
+
+
+def _sample_units_of_run(model: nn.Module, modules: Mapping, count: int, generator: torch.Generator) -> dict:
     chosen = {}
     for key, name in modules.items():
         layer = _producing_layer(model, name)
-        width = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+        width = layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
         chosen[key] = torch.randperm(width, generator=generator)[:count].sort().values
     return chosen
 
@@ -202,7 +257,7 @@ def _producing_layer(model: nn.Module, module_name: str) -> nn.Module:
     """The last conv/linear layer at or before `module_name` in forward order (it fixes the unit count)."""
     found = None
     for name, m in model.named_modules():
-        if isinstance(m, (nn.Linear, nn.Conv2d)):
+        if _is_layer(m):
             found = m
         if name == module_name:
             if found is None:
@@ -238,29 +293,37 @@ def activation_stats(model: nn.Module, inputs: torch.Tensor, modules: Mapping, u
 
     `modules` maps a key (e.g. the paper's layer number) to a module name; `units` maps the same key to
     the unit (channel) indices to record. Returns {key: {"mean", "var", "quantiles"}}, each a tensor with
-    one row per unit ("quantiles" has one column per entry of `quantiles`).
+    one row per unit ("quantiles" has one column per entry of `quantiles`), and for a stacked model a
+    leading run axis (its units then hold a row of indices per run).
     """
     outputs = _capture(model, inputs, {k: model.get_submodule(n) for k, n in modules.items()}, inputs_of=False)
     stats = {}
     for key, act in outputs.items():
-        values = act.index_select(1, units[key].to(act.device)).transpose(0, 1).reshape(len(units[key]), -1).double()
+        chosen = units[key].to(act.device)
+        if _runs(model):  # act (runs, units, samples), chosen (runs, count): stats get a leading run axis
+            values = act.gather(1, chosen[..., None].expand(-1, -1, act.shape[-1])).double()
+        else:
+            values = act.index_select(1, chosen).transpose(0, 1).reshape(len(chosen), -1).double()
         q = torch.tensor(list(quantiles), dtype=values.dtype, device=values.device)
-        stats[key] = {"mean": values.mean(1), "var": values.var(1, unbiased=False),
-                      "quantiles": torch.quantile(values, q, dim=1).T}
+        stats[key] = {"mean": values.mean(-1), "var": values.var(-1, unbiased=False),
+                      "quantiles": torch.quantile(values, q, dim=-1).movedim(0, -1)}
     return stats
 
 
 def batchnorm_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """BatchNorm modules (bnlab's and torch's) in forward order."""
+    """BatchNorm modules (bnlab's, torch's and a stacked model's, a subclass) in forward order."""
     kinds = (BatchNorm, nn.modules.batchnorm._BatchNorm)
     return [(name, m) for name, m in model.named_modules() if isinstance(m, kinds)]
 
 
 def bn_input_sigma(model: nn.Module, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per-unit standard deviation (over batch and spatial positions, biased) of each BatchNorm layer's
-    input: the sigma_j that BatchNorm divides by (paper section 4). {module name: tensor (units,)}."""
+    input: the sigma_j that BatchNorm divides by (paper section 4). {module name: tensor (units,)}; for a
+    stacked model (runs, units), its inputs being (runs, units, samples)."""
     layer_inputs = _capture(model, inputs, dict(batchnorm_layers(model)), inputs_of=True)
-    return {name: x.double().var([0, *range(2, x.dim())], unbiased=False).sqrt() for name, x in layer_inputs.items()}
+    dims = [-1] if _runs(model) else None
+    return {name: x.double().var(dims or [0, *range(2, x.dim())], unbiased=False).sqrt()
+            for name, x in layer_inputs.items()}
 
 
 def _tensors_to_floats(result: dict) -> dict:

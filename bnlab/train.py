@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -81,30 +82,64 @@ def _reuse(directory: Path) -> Path:
     return directory
 
 
+@dataclass
+class Member:
+    """One run of those a Trainer trains (one, or several stacked): where it lives and what it has logged."""
+
+    cfg: DictConfig
+    directory: Path
+    key: str = field(init=False)  # run_key(cfg)
+    rows: MetricRows = field(default_factory=MetricRows)
+    wall_before: float = 0.0  # wall time of the run before the checkpoint it resumed from
+    persisted_rows: int = 0  # rows already in checkpoint segments
+    resumed_from: int = 0
+    diverged_at: int | None = None
+    active: bool = True  # false once a stacked run has diverged and been saved (the others go on)
+    cpu_rng: torch.Tensor | None = None  # a stacked run's own generator states (training draws nothing)
+    cuda_rng: torch.Tensor | None = None
+
+    def __post_init__(self):
+        self.key = run_key(self.cfg)
+
+
 class Trainer:
+    """Trains one run (`cfg`, `directory`); bnlab.stack.StackedTrainer, a subclass, trains several DLN runs
+    that differ only in their seed as one stacked model, through this same loop."""
+
     def __init__(self, cfg: DictConfig, directory: Path):
         self.cfg, self.directory = cfg, directory
-        self.key = run_key(cfg)
-        if cfg.runtime.threads:
-            torch.set_num_threads(cfg.runtime.threads)
-        self.device = resolve_device(cfg.runtime.device)
-        dtype = getattr(torch, cfg.train.dtype)
-        if self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.runtime.tf32
+        self.members = [Member(cfg, directory)]
+        self.key = self.members[0].key
+        self._set_up_runtime(cfg)
         torch.manual_seed(cfg.seed)
-        self.data = build_data(cfg, self.device, dtype)
-        self.model = build_model(cfg).to(self.device, dtype)
+        self.data = build_data(cfg, self.device, self.dtype)
+        self.model = build_model(cfg).to(self.device, self.dtype)
         self.channels_last = self.data.classification and (
             cfg.runtime.channels_last is True or (cfg.runtime.channels_last == "auto" and self.device.type == "cuda"))
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        self._finish_setup(ProbeSchedule(cfg, self.model, self.data.loss, cfg.optim.lr))
+
+    @property
+    def rows(self) -> MetricRows:
+        return self.members[0].rows
+
+    def _set_up_runtime(self, cfg) -> None:
+        if cfg.runtime.threads:
+            torch.set_num_threads(cfg.runtime.threads)
+        self.device = resolve_device(cfg.runtime.device)
+        self.dtype = getattr(torch, cfg.train.dtype)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.runtime.tf32
+
+    def _finish_setup(self, probe_schedule: ProbeSchedule) -> None:
+        cfg = self.cfg
         self.step_model = self._compiled() if cfg.runtime.compile else self.model
         # foreach: one multi-tensor update instead of a Python loop over ~70 parameters (torch's default
         # on CPU); the arithmetic, and so the trajectory, is the same.
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                                          weight_decay=cfg.optim.weight_decay, foreach=True)
-        self.probes = ProbeSchedule(cfg, self.model, self.data.loss, cfg.optim.lr)
-        self.rows = MetricRows()
+        self.probes = probe_schedule
 
     def _compiled(self):
         """The model compiled for the training step. Inductor's own random numbers differ from eager ones;
@@ -142,26 +177,35 @@ class Trainer:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         probing = self.probes.due(step)
+        rows = [m.rows for m in self.members]
         if probing:
-            self.probes.before_step(step, x, y, self.rows)
+            self.probes.before_step(step, x, y, rows)
         self.optimizer.zero_grad(set_to_none=True)
         outputs = self.step_model(x)
         loss = self.data.loss(outputs, y)
-        loss.backward()
+        loss.sum().backward()  # a stacked model's losses, one per run: each run gets its own gradient
         self.optimizer.step()
-        self.rows.add(step, "loss", 0, loss.detach())
+        if len(self.members) == 1:
+            self.rows.add(step, "loss", 0, loss.detach())
+        else:
+            for member, run_loss in zip(self.members, loss.detach().unbind(0), strict=True):
+                if member.active:
+                    member.rows.add(step, "loss", 0, run_loss)
         if self.data.classification:
             self.rows.add(step, "accuracy", 0, (outputs.argmax(1) == y).double().mean() * 100)
         if probing:
-            self.probes.after_step(step, x, y, self.rows)
+            self.probes.after_step(step, x, y, rows)
 
     def fit(self) -> Path:
         cfg, steps = self.cfg, self.cfg.train.steps
-        wandb = WandbRun(cfg, self.directory, self.key, identity(cfg))
-        bar = tqdm(total=steps, desc=self.key, disable=not (cfg.runtime.progress and sys.stderr.isatty()), unit="step",
+        members = self.members
+        for m in members:
+            m.wandb = WandbRun(m.cfg, m.directory, m.key, identity(m.cfg))
+        label = self.key if len(members) == 1 else f"{len(members)} stacked runs ({self.key}, ...)"
+        bar = tqdm(total=steps, desc=label, disable=not (cfg.runtime.progress and sys.stderr.isatty()), unit="step",
                    mininterval=1.0)
-        started, status, diverged_at = time.perf_counter(), "finished", None
-        done = self.resumed_from = self._resume()
+        started = time.perf_counter()
+        done = self._resume()
         bar.update(done)
         every = cfg.runtime.checkpoint_every
         with StopSignals() as stop:
@@ -174,71 +218,100 @@ class Trainer:
                     stopping = bool(stop.pending) and completed < steps
                     checkpoint_due = (every and completed % every == 0 and completed < steps) or stopping
                     if completed % cfg.runtime.log_every == 0 or completed == steps or checkpoint_due:
-                        diverged_at = self._flush(wandb, bar, completed - done)
+                        bar.update(completed - done)
                         done = completed
-                        if diverged_at is not None:
-                            status = "diverged"
-                            log.warning("%s: non-finite loss at step %d; stopping the run as diverged", self.key,
-                                        diverged_at)
-                            break
+                        if self._flush_all(bar, time.perf_counter() - started):
+                            break  # every run has diverged
                     if checkpoint_due:
-                        self._checkpoint(completed, self.wall_before + time.perf_counter() - started)
+                        self._checkpoint(completed, time.perf_counter() - started)
                     if stopping:
-                        log.warning("%s: signal %s at step %d; checkpointed there", self.key,
+                        log.warning("%s: signal %s at step %d; checkpointed there", label,
                                     ", ".join(sorted({signal.Signals(s).name for s in stop.pending})), completed)
-                        wandb.interrupt()
+                        for m in self._active():
+                            m.wandb.interrupt()
                         stop.forward()  # returns when the handler lets the run go on (submitit ignores SIGTERM)
-                        wandb = WandbRun(cfg, self.directory, self.key, identity(cfg))
+                        for m in self._active():
+                            m.wandb = WandbRun(m.cfg, m.directory, m.key, identity(m.cfg))
             except BaseException as exc:
-                self._flush(wandb, bar, 0)
                 interrupted = isinstance(exc, (SystemExit, KeyboardInterrupt))
-                self._save("interrupted" if interrupted else "failed",
-                           self.wall_before + time.perf_counter() - started, diverged_at, wandb, error=repr(exc))
+                for m in self._active():
+                    self._flush(m, bar)
+                    self._save(m, "interrupted" if interrupted else "failed", time.perf_counter() - started,
+                               error=repr(exc))
                 raise  # the checkpoints stay: started again, the run resumes from the last one
             finally:
                 bar.close()
-            self._save(status, self.wall_before + time.perf_counter() - started, diverged_at, wandb)
-            checkpoint.clear(self.directory)  # metrics.parquet now holds everything
+            for m in self._active():
+                self._save(m, "finished", time.perf_counter() - started)
+                checkpoint.clear(m.directory)  # metrics.parquet now holds everything
             stop.forward()  # a signal during the last steps: the run is complete, now do what was asked
         return self.directory
 
+    def _active(self) -> list[Member]:
+        return [m for m in self.members if m.active]
+
+    def _flush_all(self, bar, elapsed: float) -> bool:
+        """Flush every active run's metrics; a run whose loss became non-finite is saved as diverged and
+        stops (alone, the loop ends; stacked, the others go on). True when no run is left."""
+        for m in self._active():
+            m.diverged_at = self._flush(m, bar)
+            if m.diverged_at is not None:
+                log.warning("%s: non-finite loss at step %d; stopping the run as diverged", m.key, m.diverged_at)
+                self._save(m, "diverged", elapsed)
+                checkpoint.clear(m.directory)
+                m.active = False
+        return not self._active()
+
     def _resume(self) -> int:
         """Restore the newest checkpoint, if any: the step to continue from (0 when starting afresh)."""
-        self.wall_before, self.persisted_rows = 0.0, 0
-        found = checkpoint.load(self.directory, identity(self.cfg))
+        m = self.members[0]
+        found = checkpoint.load(m.directory, identity(m.cfg))
         if found is None:
             return 0
-        state, self.rows.columns = found
+        state, m.rows.columns = found
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         torch.random.set_rng_state(state["cpu_rng"])
         if state["cuda_rng"] is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
-        self.probes.direction_rng.set_state(state["direction_rng"])
-        self.wall_before, self.persisted_rows = state["wall_s"], len(self.rows.columns["step"])
+        self.probes.direction_rngs[0].set_state(state["direction_rng"])
+        self._restore_bookkeeping(m, state)
         return state["step"]
 
-    def _checkpoint(self, step: int, wall: float) -> None:
+    @staticmethod
+    def _restore_bookkeeping(m: Member, state: dict) -> None:
+        m.wall_before, m.persisted_rows, m.resumed_from = state["wall_s"], len(m.rows.columns["step"]), state["step"]
+
+    def _checkpoint(self, step: int, elapsed: float) -> None:
         """Everything needed to continue at `step` exactly as if never stopped (the data order is a function
         of the seed and the step)."""
-        state = {
-            "step": step,
-            "identity": json.dumps(identity(self.cfg), sort_keys=True),
+        for i, m in enumerate(self.members):
+            if not m.active:
+                continue
+            state = {
+                "step": step,
+                "identity": json.dumps(identity(m.cfg), sort_keys=True),
+                **self._member_state(i),
+                "direction_rng": self.probes.direction_rngs[i].get_state(),
+                "wall_s": m.wall_before + elapsed,
+            }
+            m.persisted_rows = checkpoint.save(m.directory, state, m.rows.columns, m.persisted_rows)
+
+    def _member_state(self, i: int) -> dict:
+        """Model, optimizer and generator states of run i (here the only one)."""
+        return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "cpu_rng": torch.random.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
-            "direction_rng": self.probes.direction_rng.get_state(),
-            "wall_s": wall,
         }
-        self.persisted_rows = checkpoint.save(self.directory, state, self.rows.columns, self.persisted_rows)
 
-    def _flush(self, wandb: WandbRun, bar, advanced: int) -> int | None:
-        """Convert pending metrics; return the first step with a non-finite loss, if any."""
-        flushed = self.rows.flush()
+    def _flush(self, m: Member, bar) -> int | None:
+        """Convert a run's pending metrics; return the first step with a non-finite loss, if any."""
+        flushed = m.rows.flush()
         by_step: dict[int, dict[str, float]] = {}
         diverged_at, last_loss = None, None
-        stride = self.cfg.logger.wandb.every_n_steps
+        stride = m.cfg.logger.wandb.every_n_steps
         for step, metric, layer, value in flushed:
             if metric not in ("loss", "accuracy") or step % stride == 0 or metric.startswith("eval_"):
                 by_step.setdefault(step, {})[metric if layer == 0 else f"{metric}/layer{layer}"] = value
@@ -246,52 +319,54 @@ class Trainer:
                 last_loss = value
                 if diverged_at is None and not math.isfinite(value):
                     diverged_at = step
-        wandb.log(by_step)
-        bar.update(advanced)
-        if last_loss is not None:
+        m.wandb.log(by_step)
+        if last_loss is not None and m is self.members[0]:
             bar.set_postfix(loss=f"{last_loss:.4g}", refresh=False)
         return diverged_at
 
-    def _final_evaluation(self) -> dict:
+    @staticmethod
+    def _final_evaluation(m: Member) -> dict:
         """The last evaluation's metrics (final_eval_test_accuracy, ...) when the run evaluates at all."""
         last = {}
-        for step, metric, value in zip(self.rows.columns["step"], self.rows.columns["metric"],
-                                       self.rows.columns["value"], strict=True):
+        for step, metric, value in zip(m.rows.columns["step"], m.rows.columns["metric"],
+                                       m.rows.columns["value"], strict=True):
             if metric.startswith("eval_"):
                 last[metric] = (step, value)
         return {f"final_{metric}": value for metric, (_, value) in last.items()} | (
             {"final_eval_step": max(step for step, _ in last.values())} if last else {})
 
-    def _save(self, status: str, wall: float, diverged_at: int | None, wandb: WandbRun, error: str | None = None):
-        store.write_metrics(self.directory, self.rows.columns)
-        losses = [v for m, v in zip(self.rows.columns["metric"], self.rows.columns["value"], strict=True)
-                  if m == "loss"]
+    def _save(self, m: Member, status: str, elapsed: float, error: str | None = None):
+        wall = m.wall_before + elapsed
+        store.write_metrics(m.directory, m.rows.columns)
+        losses = [v for metric, v in zip(m.rows.columns["metric"], m.rows.columns["value"], strict=True)
+                  if metric == "loss"]
         finite = [v for v in losses if math.isfinite(v)]
         summary = {
             "status": status,
-            "key": self.key,
+            "key": m.key,
             "steps_completed": len(losses),
-            "steps": self.cfg.train.steps,
-            "diverged_at_step": diverged_at,
-            "resumed_from_step": self.resumed_from,
+            "steps": m.cfg.train.steps,
+            "diverged_at_step": m.diverged_at,
+            "resumed_from_step": m.resumed_from,
             "final_loss": losses[-1] if losses and status == "finished" else None,
             "min_loss": min(finite) if finite else None,
-            **self._final_evaluation(),
+            **self._final_evaluation(m),
             "wall_time_s": round(wall, 3),
             "steps_per_s": round(len(losses) / wall, 2) if wall > 0 else None,
             "device": describe_device(self.device),
-            "data": getattr(self.data, "description", self.cfg.data.name),
+            "data": getattr(self.data, "description", m.cfg.data.name),
             "torch": torch.__version__,
             "bnlab": bnlab.__version__,
             "git_commit": git_commit(),
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "slurm": slurm_job(),
+            **({"stacked_with": len(self.members)} if len(self.members) > 1 else {}),
         }
         if error:
             summary["error"] = error
-        store.write_summary(self.directory, summary)
-        wandb.finish(summary)
-        log.info("%s: %s after %d steps in %.1f s -> %s", self.key, status, len(losses), wall, self.directory)
+        store.write_summary(m.directory, summary)
+        m.wandb.finish(summary)
+        log.info("%s: %s after %d steps in %.1f s -> %s", m.key, status, len(losses), wall, m.directory)
 
 
 def listed_runs(cfg: DictConfig) -> list[dict]:

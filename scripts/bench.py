@@ -15,6 +15,8 @@ load; the medians and their ratio (ours / reference) go to results/bench/<machin
     bn_dln_step_ms     one BatchNorm DLN step: bnlab's loop vs a plain eager loop (scripts/bench_dln.py).
     paper_bn_dln_run_with_probes_every_50_s
                        one paper-scale BatchNorm DLN run with every probe, end to end.
+    dln_8_seeds        8 seeds of that run trained together (one stacked model, bnlab.stack) vs one after
+                       another. Target >= 4x on CPU.
 
 VGG16 is at width 1/8 on a CPU and full width on a GPU.
 
@@ -259,6 +261,7 @@ def main(argv=None) -> None:
         "vgg16_training": lambda: bench_vgg_training(device, width, args.repeats, 100 if device.type == "cuda" else 10),
         "bn_dln_step_ms": lambda: bench_dln.step_comparison(args.repeats),
         "paper_bn_dln_run_with_probes_every_50_s": bench_dln.paper_run_seconds,
+        "dln_8_seeds": bench_dln.seeds_together,
     }
     chosen = [i for i in args.only.split(",") if i] or list(items)
     name, description = machine()

@@ -3,7 +3,9 @@
 - per-step time of a BatchNorm DLN step: a plain eager nn.Module loop (BatchNorm written out as mean /
   var / normalize, torch.optim.SGD) vs bnlab's loop without probes; interleaved repetitions, medians;
 - one paper-scale BatchNorm DLN run (10k full-batch steps) with ICS, landscape, activation and sigma
-  probes every 50 steps, end to end through bnlab.train.run (target: under 60 s on a 2-core CPU).
+  probes every 50 steps, end to end through bnlab.train.run (target: under 60 s on a 2-core CPU);
+- 8 seeds of that run: one after another through bnlab.train.run, against trained together as one
+  stacked model through bnlab.stack.run_stacked (target: >= 4x).
 """
 
 import platform
@@ -15,7 +17,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from bnlab import store
 from bnlab.config import compose
+from bnlab.stack import run_stacked
 from bnlab.train import Trainer, run
 
 torch.set_num_threads(1)
@@ -95,3 +99,33 @@ def paper_run_seconds() -> float:
         started = time.perf_counter()
         run(compose(["norm=batch", "logger=none", "runtime.progress=false", f"runtime.runs_dir={tmp}"]))
         return round(time.perf_counter() - started, 1)
+
+
+def seeds_together(seeds: int = 8) -> dict:
+    """8 seeds of the paper-scale BatchNorm DLN run with every probe, end to end, in seconds: one after
+    another (1 torch thread, the fastest a single run gets: with 2 it is slower) against stacked, with 1
+    and 2 threads and with 2 threads plus torch.compile (compilation included). Also the largest relative
+    difference between a run's final loss stacked and alone (float32, 10k steps)."""
+    common = ["norm=batch", "logger=none", "runtime.progress=false"]
+
+    def seconds(train, extra):
+        with tempfile.TemporaryDirectory() as tmp:
+            cfgs = [compose([*common, *extra, f"seed={seed}", f"runtime.runs_dir={tmp}"]) for seed in range(seeds)]
+            started = time.perf_counter()
+            directories = train(cfgs)
+            elapsed = time.perf_counter() - started
+            return elapsed, [store.read_summary(d)["final_loss"] for d in directories]
+
+    alone_s, alone_loss = seconds(lambda cfgs: [run(c) for c in cfgs], ["runtime.threads=1"])
+    result = {"seeds": seeds, "one_after_another_s": round(alone_s, 1)}
+    variants = {"stacked_1_thread": ["runtime.threads=1"], "stacked_2_threads": ["runtime.threads=2"],
+                "stacked_2_threads_compiled": ["runtime.threads=2", "runtime.compile=true"]}
+    worst = 0.0
+    for name, extra in variants.items():
+        stacked_s, stacked_loss = seconds(run_stacked, extra)
+        result[f"{name}_s"] = round(stacked_s, 1)
+        result[f"speedup_{name}"] = round(alone_s / stacked_s, 2)
+        worst = max(worst, *(abs(a - b) / abs(a) for a, b in zip(alone_loss, stacked_loss, strict=True)))
+    result["max_relative_difference_final_loss"] = float(f"{worst:.3g}")
+    result["target"] = ">= 4x"
+    return result
