@@ -25,6 +25,7 @@ from omegaconf import OmegaConf
 
 from bnlab import store
 from bnlab.config import CONFIG_DIR, probes_enabled, trajectory_identity
+from bnlab.jobcontrol import die_with_parent
 
 
 class LaunchError(RuntimeError):
@@ -42,6 +43,15 @@ def _figures():
     return FIGURES
 
 
+_POOL_WORKER = False
+
+
+def _pool_worker_init() -> None:
+    global _POOL_WORKER
+    _POOL_WORKER = True
+    die_with_parent()
+
+
 def _train_group(containers: list[dict]) -> list[tuple[str, str, float]]:
     """Train one run, or several stacked (bnlab.stack): [(directory, status, seconds)] per run."""
     from bnlab.stack import run_stacked
@@ -49,7 +59,14 @@ def _train_group(containers: list[dict]) -> list[tuple[str, str, float]]:
 
     cfgs = [OmegaConf.create(c) for c in containers]
     started = time.perf_counter()
-    directories = run_stacked(cfgs) if len(cfgs) > 1 else [run(cfgs[0])]
+    try:
+        directories = run_stacked(cfgs) if len(cfgs) > 1 else [run(cfgs[0])]
+    except SystemExit as exc:
+        if _POOL_WORKER:  # told to stop (SIGTERM), the runs checkpointed: end the worker, which the pool
+            sys.stdout.flush()  # would otherwise keep waiting for work from a parent that may be gone
+            sys.stderr.flush()
+            os._exit(exc.code if isinstance(exc.code, int) else 1)
+        raise
     seconds = time.perf_counter() - started
     return [(str(d), (store.read_summary(d) or {}).get("status", "?"), seconds) for d in directories]
 
@@ -129,7 +146,7 @@ def train_missing(cfgs, jobs: int, launcher: str = "local", launcher_overrides=(
     if jobs == 1:
         results = (_train_group(g) for g in groups)
     else:
-        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"))
+        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=_pool_worker_init)
         results = (f.result() for f in as_completed([pool.submit(_train_group, g) for g in groups]))
     done = 0
     for group_results in results:

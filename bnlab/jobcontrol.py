@@ -49,6 +49,20 @@ class StopSignals:
             pass_to(self.previous.get(s), s)
 
 
+def die_with_parent() -> None:
+    """Have the kernel send this process SIGTERM when its parent dies (Linux; elsewhere nothing). A run
+    trained in a worker process then checkpoints and stops when `bnlab-figure` is killed, instead of
+    training on, orphaned. (Ctrl-C needs none of this: it reaches the whole process group.)"""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def pass_to(handler, signum: int, frame=None) -> None:
     """Do what `handler` (a previous signal handler) would have done with `signum`."""
     if callable(handler):
@@ -100,6 +114,7 @@ def train_together(containers: list[dict]) -> None:
 def _train_group(containers: list[dict]) -> None:
     from omegaconf import OmegaConf
 
+    die_with_parent()
     from bnlab.stack import run_stacked
     from bnlab.train import run
 

@@ -24,7 +24,8 @@ class WandbRun:
                 project=settings.project, entity=settings.entity, group=settings.group, name=key,
                 id=re.sub(r"[^A-Za-z0-9_-]", "_", key), dir=str(directory), mode=mode,
                 config={**identity, "scale": cfg.scale.name, "experiment": cfg.experiment_name},
-                resume="allow", reinit="finish_previous", settings=wandb.Settings(silent=True, console="off"),
+                # create_new: a stacked training has several runs open in one process
+                resume="allow", reinit="create_new", settings=wandb.Settings(silent=True, console="off"),
             )
         except Exception as exc:  # noqa: BLE001 - any wandb failure must leave the run running
             log.warning("wandb unavailable (%s); continuing with local files only", exc)

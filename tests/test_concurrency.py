@@ -137,3 +137,40 @@ def test_a_run_list_entry_out_of_range_is_refused(tmp_path):
     cfg.runtime.run_index = 1
     with pytest.raises(ConfigError, match="lists 1 groups"):
         listed_runs(cfg)
+
+
+def test_killing_bnlab_figure_stops_its_worker_processes_at_a_checkpoint(tmp_path):
+    # two unstackable runs (standard and BN) in two pool workers; the parent is killed outright
+    env = {**__import__("os").environ, "BNLAB_RUNS": str(tmp_path / "runs")}
+    parent = subprocess.Popen([sys.executable, "-m", "bnlab.figure_cli", "dln-landscape", "--scale", "smoke", "--train",
+                               "--jobs", "2", "--out", str(tmp_path / "out"), "train.steps=1000000",
+                               "logger=none"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while len(list((tmp_path / "runs").rglob(checkpoint.CURRENT))) < 2 and time.time() < deadline:
+        time.sleep(0.1)
+    assert len(list((tmp_path / "runs").rglob(checkpoint.CURRENT))) == 2
+    parent.kill()
+    parent.wait()
+    deadline = time.time() + 60
+    statuses = []
+    while time.time() < deadline:
+        statuses = [store.read_summary(p.parent)["status"] for p in (tmp_path / "runs").rglob("summary.json")]
+        if len(statuses) == 2:
+            break
+        time.sleep(0.2)
+    assert statuses == ["interrupted", "interrupted"]  # each worker checkpointed and stopped
+    leftover = subprocess.run(["pgrep", "-f", "multiprocessing.spawn"], capture_output=True, text=True).stdout
+    workers = [pid for pid in leftover.split() if str(tmp_path) in _environ_of(pid)]
+    deadline = time.time() + 30
+    while workers and time.time() < deadline:  # ... and then exited
+        time.sleep(0.2)
+        workers = [pid for pid in workers if _environ_of(pid)]
+    assert not workers
+
+
+def _environ_of(pid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""

@@ -141,3 +141,12 @@ def test_a_packed_task_trains_its_seeds_stacked_and_the_rest_alongside(tmp_path)
     summaries = [store.read_summary(store.run_dir(OmegaConf.create(c))) for c in containers]
     assert [s["status"] for s in summaries] == ["finished"] * 3
     assert [s.get("stacked_with") for s in summaries] == [2, 2, None]
+
+
+def test_stacked_runs_each_log_to_their_own_wandb_run(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    directories = run_stacked(configs(tmp_path, [0, 1], "norm=batch", "train.steps=20", "logger=wandb"))
+    assert "wandb logging failed" not in caplog.text and "wandb finish failed" not in caplog.text
+    for d in directories:
+        (attempt,) = (d / "wandb").glob("offline-run-*")
+        assert (attempt / f"run-{d.name}.wandb").stat().st_size > 0
