@@ -55,12 +55,10 @@ def _pool_worker_init() -> None:
 def _train_group(containers: list[dict]) -> list[tuple[str, str, float]]:
     """Train one run, or several stacked (bnlab.stack): [(directory, status, seconds)] per run."""
     from bnlab.stack import run_stacked
-    from bnlab.train import run
 
-    cfgs = [OmegaConf.create(c) for c in containers]
     started = time.perf_counter()
     try:
-        directories = run_stacked(cfgs) if len(cfgs) > 1 else [run(cfgs[0])]
+        directories = run_stacked([OmegaConf.create(c) for c in containers])
     except SystemExit as exc:
         if _POOL_WORKER:  # told to stop (SIGTERM), the runs checkpointed: end the worker, which the pool
             sys.stdout.flush()  # would otherwise keep waiting for work from a parent that may be gone

@@ -114,12 +114,7 @@ def train_together(containers: list[dict]) -> None:
 def _train_group(containers: list[dict]) -> None:
     from omegaconf import OmegaConf
 
-    die_with_parent()
     from bnlab.stack import run_stacked
-    from bnlab.train import run
 
-    cfgs = [OmegaConf.create(c) for c in containers]
-    if len(cfgs) > 1:
-        run_stacked(cfgs)
-    else:
-        run(cfgs[0])
+    die_with_parent()
+    run_stacked([OmegaConf.create(c) for c in containers])

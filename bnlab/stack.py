@@ -58,12 +58,13 @@ def stack_groups(containers: list[dict]) -> list[list[dict]]:
 
 
 def run_stacked(cfgs: list[DictConfig]) -> list[Path]:
-    """Like bnlab.train.run for each of `cfgs` (runs with one stack_key): train those not yet finished as
-    one stacked model, reuse the others. Runs resumed from checkpoints at different steps train as one
-    stack per step. Returns the runs' directories, in order."""
+    """Like bnlab.train.run for each of `cfgs` (a group from stack_groups: runs with one stack_key, or a
+    single run of any kind): train those not yet finished as one stacked model, reuse the others. Runs
+    resumed from checkpoints at different steps train as one stack per step. Returns the runs'
+    directories, in order."""
     cfgs = [resolved(c) for c in cfgs]
     keys = {stack_key(c) for c in cfgs}
-    if None in keys or len(keys) > 1:
+    if len(cfgs) > 1 and (None in keys or len(keys) > 1):
         raise ValueError("run_stacked: these runs cannot be stacked together (see bnlab.stack.stack_key)")
     for c in cfgs:
         validate(c)
