@@ -159,7 +159,7 @@ def _validate_runtime(cfg):
     _check(r.threads is None or (isinstance(r.threads, int) and r.threads > 0), "runtime.threads", r.threads,
            "null or a positive integer")
     _positive(cfg, "runtime.log_every", integer=True)
-    for key in ("tf32", "compile", "stack_seeds"):
+    for key in ("tf32", "compile", "cudnn_benchmark", "stack_seeds"):
         _check(isinstance(r[key], bool), f"runtime.{key}", r[key], "true or false")
     _check(r.channels_last in ("auto", True, False), "runtime.channels_last", r.channels_last, "auto, true or false")
     if r.checkpoint_every is not None:

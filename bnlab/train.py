@@ -131,6 +131,7 @@ class Trainer:
         self.dtype = getattr(torch, cfg.train.dtype)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.runtime.tf32
+            torch.backends.cudnn.benchmark = cfg.runtime.cudnn_benchmark
 
     def _finish_setup(self, probe_schedule: ProbeSchedule) -> None:
         cfg = self.cfg

@@ -62,6 +62,7 @@ def test_run_key_ignores_runtime_and_lr_spelling():
     ("runtime.channels_last=sometimes", "runtime.channels_last"),
     ("runtime.compile=maybe", "runtime.compile"),
     ("runtime.tf32=1", "runtime.tf32"),
+    ("runtime.cudnn_benchmark=fast", "runtime.cudnn_benchmark"),
 ])
 def test_invalid_values_name_key_value_and_allowed(override, key):
     with pytest.raises(ConfigError) as err:
