@@ -110,16 +110,24 @@ def _warn_if_slow(cfgs, jobs: int) -> None:
               file=sys.stderr, flush=True)
 
 
+def plan(cfgs) -> tuple[dict, set, set, dict]:
+    """What training `cfgs` takes: the distinct runs needed ({directory: cfg}; figures share runs), those
+    already finished in the store, the unprobed ones a probed twin of the same trajectory will serve, and
+    the rest, to train ({directory: cfg})."""
+    needed = {str(store.run_dir(cfg)): cfg for cfg in cfgs}
+    stored = {d for d, cfg in needed.items() if store.is_finished(store.find_run(cfg))}
+    probed = {_trajectory(c) for d, c in needed.items() if d not in stored and probes_enabled(c)}
+    twins = {d for d, c in needed.items() if d not in stored and not probes_enabled(c) and _trajectory(c) in probed}
+    todo = {d: cfg for d, cfg in needed.items() if d not in stored and d not in twins}
+    return needed, stored, twins, todo
+
+
 def train_missing(cfgs, jobs: int, launcher: str = "local", launcher_overrides=(), name: str = "runs",
                   pack: int = 1) -> None:
     """Train every run of `cfgs` not yet finished in the store: `jobs` processes at a time here, or through
     a Hydra launcher (SLURM). A run without probes is not trained when a probed run of the same trajectory
     is stored or about to be trained: the store serves it from that twin (bnlab.store.find_run)."""
-    needed = {str(store.run_dir(cfg)): cfg for cfg in cfgs}  # figures share runs
-    stored = {d for d, cfg in needed.items() if store.is_finished(store.find_run(cfg))}
-    probed = {_trajectory(c) for d, c in needed.items() if d not in stored and probes_enabled(c)}
-    twins = {d for d, c in needed.items() if d not in stored and not probes_enabled(c) and _trajectory(c) in probed}
-    todo = {d: cfg for d, cfg in needed.items() if d not in stored and d not in twins}
+    needed, stored, twins, todo = plan(cfgs)
     prepare_data(todo.values())
     where = f"{jobs} at a time" if launcher == "local" else f"{pack} per task of one job array, launcher {launcher}"
     print(f"{len(needed)} distinct runs needed: {len(stored)} already in the store, {len(twins)} to be served by a "

@@ -38,6 +38,11 @@ class ProbeSchedule:
         units_rngs = [torch.Generator().manual_seed(seed) for seed in seeds]
         self.units = probes.sample_units(model, self.act_modules, p.activations.units,
                                          units_rngs if self.stacked else units_rngs[0])
+        # Made once, not at every probe step, where each would make the host wait for a GPU: their copies
+        # on the model's device, and as Python lists for the metric rows' labels.
+        device = next(model.parameters()).device
+        self.units_on_device = {k: u.to(device) for k, u in self.units.items()}
+        self.unit_labels = {k: u.tolist() for k, u in self.units.items()}
         self.bn_numbers = self._batchnorm_layer_numbers()
         self.any_enabled = probes_enabled(cfg)
 
@@ -52,7 +57,7 @@ class ProbeSchedule:
         return numbers
 
     def due(self, step: int) -> bool:
-        return self.any_enabled and (step % self.cfg.every == 0 or self._activations_due(step))
+        return step_kind(self.cfg, self.any_enabled, step) != "plain"
 
     def _activations_due(self, step: int) -> bool:
         """Activations are also recorded the step after each probe step when `consecutive` is set, for the
@@ -97,13 +102,13 @@ class ProbeSchedule:
 
     def _record_activations(self, step: int, x, rows: list[MetricRows]) -> None:
         quantiles = self.cfg.activations.quantiles
-        stats = probes.activation_stats(self.model, x, self.act_modules, self.units, quantiles)
+        stats = probes.activation_stats(self.model, x, self.act_modules, self.units_on_device, quantiles)
         for layer, s in stats.items():
             for r, run_rows in enumerate(rows):
                 def of_run(t, r=r):  # a stacked model's stats and units have a leading run axis
                     return t[r] if self.stacked else t
 
-                for row, unit in enumerate(of_run(self.units[layer]).tolist()):
+                for row, unit in enumerate(of_run(self.unit_labels[layer])):
                     run_rows.add(step, f"act_mean#u{unit}", layer, of_run(s["mean"])[row])
                     run_rows.add(step, f"act_var#u{unit}", layer, of_run(s["var"])[row])
                     for q, value in zip(quantiles, of_run(s["quantiles"])[row], strict=True):
@@ -127,6 +132,19 @@ class ProbeSchedule:
         for name, values in result.items():
             self._add(rows, step, "ics_l2", self.number[name], values["l2"])
             self._add(rows, step, "ics_cos", self.number[name], values["cos"])
+
+
+def step_kind(p, enabled: bool, step: int) -> str:
+    """What the probes do at `step` of a run (p: its probes config; enabled: probes_enabled of it):
+    "probe" (every enabled probe; step 0 and every `p.every` steps), "after" (the activation probe alone,
+    the step after a probe step, when `consecutive` is set) or "plain" (nothing)."""
+    if not enabled:
+        return "plain"
+    if step % p.every == 0:
+        return "probe"
+    if p.activations.enabled and p.activations.consecutive and step % p.every == 1:
+        return "after"
+    return "plain"
 
 
 def _rng_state(device: torch.device):

@@ -23,6 +23,7 @@ Every probe
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
@@ -54,6 +55,13 @@ def _runs(model: nn.Module) -> int | None:
 def _per_run(t: torch.Tensor, runs: int | None) -> torch.Tensor:
     """`t` as one row per run (a single row for an ordinary model), for per-run norms and cosines."""
     return t.reshape(runs or 1, -1)
+
+
+@functools.lru_cache(maxsize=64)
+def _constant(values: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A small constant tensor on `device`, made once: made at every call, it would be a copy from the host
+    at every probe step, and on a GPU such a copy makes the host wait."""
+    return torch.tensor(values, dtype=dtype, device=device)
 
 
 def _single(t: torch.Tensor, runs: int | None) -> torch.Tensor:
@@ -221,7 +229,7 @@ def landscape_tensors(model, loss_fn, inputs, targets, lr, multipliers, directio
             diffs.append(_single(norm_per_run([a - b for a, b in zip(grad_m, grad, strict=True)]), runs))
             losses.append(loss_m.detach())
     losses, diffs = torch.stack(losses), torch.stack(diffs)
-    distance = torch.tensor(list(multipliers), dtype=diffs.dtype, device=diffs.device) * lr
+    distance = _constant(tuple(multipliers), diffs.dtype, diffs.device) * lr
     distance = distance.view(-1, *[1] * (diffs.dim() - 1)) * _single(grad_norm, runs)
     return {"loss": losses, "grad_diff": diffs, "beta": (diffs / distance).amax(0)}
 
@@ -299,12 +307,14 @@ def activation_stats(model: nn.Module, inputs: torch.Tensor, modules: Mapping, u
     outputs = _capture(model, inputs, {k: model.get_submodule(n) for k, n in modules.items()}, inputs_of=False)
     stats = {}
     for key, act in outputs.items():
-        chosen = units[key].to(act.device)
+        chosen = units[key]
+        if chosen.device != act.device:  # ProbeSchedule keeps them on the model's device: no copy per step
+            chosen = chosen.to(act.device)
         if _runs(model):  # act (runs, units, samples), chosen (runs, count): stats get a leading run axis
             values = act.gather(1, chosen[..., None].expand(-1, -1, act.shape[-1])).double()
         else:
             values = act.index_select(1, chosen).transpose(0, 1).reshape(len(chosen), -1).double()
-        q = torch.tensor(list(quantiles), dtype=values.dtype, device=values.device)
+        q = _constant(tuple(quantiles), values.dtype, values.device)
         stats[key] = {"mean": values.mean(-1), "var": values.var(-1, unbiased=False),
                       "quantiles": torch.quantile(values, q, dim=-1).movedim(0, -1)}
     return stats

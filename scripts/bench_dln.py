@@ -22,7 +22,6 @@ from bnlab.config import compose
 from bnlab.stack import run_stacked
 from bnlab.train import Trainer, run
 
-torch.set_num_threads(1)
 REPEATS, STEPS = 5, 200
 
 

@@ -17,7 +17,7 @@ from conftest import (
 
 from bnlab import cifar10
 from bnlab.cifar10 import DataError
-from bnlab.data import ImageClassification, augment
+from bnlab.data import ImageClassification, augment, channel_moments
 
 
 def expected(split):
@@ -173,6 +173,21 @@ def test_standardized_per_channel_on_the_training_images():
     mean, std = data.train_x.mean((0, 2, 3)), data.train_x.std((0, 2, 3))
     assert torch.allclose(mean, torch.zeros(3), atol=1e-5) and torch.allclose(std, torch.ones(3), atol=1e-3)
     assert len(data.eval_sets["train"][1]) == 100 and len(data.eval_sets["test"][1]) == 10 * TEST_PER_CLASS
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_standardization_by_lookup_equals_the_elementwise_formula(dtype):
+    g = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (300, 3, 8, 8), generator=g, dtype=torch.uint8)
+    pixels = images.double() / 255
+    mean, std = channel_moments(images)
+    torch.testing.assert_close(mean, pixels.mean((0, 2, 3)), rtol=1e-13, atol=0)
+    torch.testing.assert_close(std, pixels.std((0, 2, 3)), rtol=1e-13, atol=0)
+    data = ImageClassification({"train_x": images, "train_y": torch.zeros(300, dtype=torch.long), "test_x": images,
+                                "test_y": torch.zeros(300, dtype=torch.long)}, 100, 0, None, False, 100, None,
+                               torch.device("cpu"), dtype)
+    elementwise = ((pixels - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)).to(dtype)
+    assert torch.equal(data.train_x, elementwise) and data.train_x.dtype == dtype
 
 
 def test_augmentation_is_a_padded_crop_and_flip_per_image():

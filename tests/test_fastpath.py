@@ -1,12 +1,15 @@
 """The fast paths against their plain twins: channels-last memory format and torch.compile train like the
-eager, default-layout model (within float32 rounding); probes see the same noise either way."""
+eager, default-layout model (within float32 rounding); probes see the same noise either way. And the
+training step, probes and evaluation included, never makes the host wait for the device: the only reads
+are the metric flushes at the logging interval."""
 
 import numpy as np
 import pytest
 import torch
-from runhelpers import metrics
+from runhelpers import HostReads, metrics
 
 from bnlab.config import compose
+from bnlab.stack import StackedTrainer
 from bnlab.train import Trainer, run
 
 
@@ -45,3 +48,33 @@ def test_compiled_training_step_matches_eager_and_probes_replay_its_noise(tmp_pa
     eager = run(compose([*base, f"runtime.runs_dir={tmp_path}/eager"]))
     compiled = run(compose([*base, "runtime.compile=true", f"runtime.runs_dir={tmp_path}/compiled"]))
     assert_close(metrics(compiled), metrics(eager), rtol=1e-5)
+
+
+TINY_VGG = ["model=vgg", "scale=smoke", "norm=noisy_batch", "model.width=0.0625", "data.train_subset=null",
+            "data.eval.every=2"]  # 130 images, one batch: a new epoch (permutation, augmentation) every step
+
+
+@pytest.mark.parametrize("overrides,stacked", [
+    (["norm=batch"], False),
+    (["norm=l2", "norm.center_before_norm=true"], True),
+    (["norm=linf"], True),
+    (TINY_VGG, False),
+], ids=["dln-batch", "stacked-dln-l2", "stacked-dln-linf", "vgg-noisy-batch"])
+def test_steps_probes_and_evaluation_never_wait_for_the_device(overrides, stacked, tiny_cifar, tmp_path, monkeypatch):
+    common = [*overrides, "probes.every=2", "logger=none", "runtime.progress=false", f"runtime.runs_dir={tmp_path}"]
+    if stacked:
+        cfgs = [compose([*common, f"seed={s}"]) for s in range(3)]
+        trainer = StackedTrainer(cfgs, [tmp_path / str(s) for s in range(3)])
+    else:
+        trainer = Trainer(compose(common), tmp_path / "run")
+    trainer.step(0)  # the first probe step makes the probes' constants on the device, once
+    reads = HostReads(monkeypatch)
+    with reads:
+        for step in range(1, 6):  # probes at 2 and 4 (activations also at 3 and 5), evaluation at 2 and 4
+            trainer.step(step)
+    assert trainer.probes.due(2) and (trainer._evaluating(2) or not trainer.data.classification)
+    assert reads.counts == {}
+    with reads:  # the check sees a read where there is one: the flush reads every pending row at once
+        for member in trainer.members:
+            member.rows.flush()
+    assert reads.counts.get("tolist") == len(trainer.members)

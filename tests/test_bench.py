@@ -1,0 +1,74 @@
+"""`make bench`'s costing of a paper-scale VGG run (scripts/bench.py), against what a run does: the steps
+of each kind and the evaluations it counts are those a trained run logs, and the FLOPs it counts per step
+are the hand count of VGG16's convolutions and classifier."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from runhelpers import metrics
+
+from bnlab.config import compose
+from bnlab.train import Trainer, run
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
+import bench  # noqa: E402
+
+
+def test_step_kinds_are_those_a_trained_run_logs(tiny_cifar, tmp_path):
+    cfg = compose(["model=vgg", "scale=smoke", "norm=batch", "model.width=0.0625", "data.train_subset=null",
+                   "train.steps=11", "probes.every=4", "data.eval.every=3", "logger=none", "runtime.progress=false",
+                   f"runtime.runs_dir={tmp_path}"])
+    m = metrics(run(cfg))
+    steps_with = {name: set(m.step[m.metric.str.startswith(name)]) for name in ("landscape", "act_mean", "eval_")}
+    probe = steps_with["landscape"] - {0}  # step 0 is the first step, a part of its own
+    after = steps_with["act_mean"] - steps_with["landscape"]
+    assert probe == {4, 8} and after == {1, 5, 9}  # the schedule this test expects, as logged
+    assert steps_with["eval_"] == {0, 3, 6, 9, 11}
+    kinds = bench.step_kinds(cfg)
+    assert kinds == {"setup": 1, "first": 1, "plain": 10 - len(probe) - len(after), "probe": len(probe),
+                     "after": len(after), "evaluations": len(steps_with["eval_"] - {0})}
+    unprobed = compose(["model=vgg", "probes=none", "scale=smoke", f"runtime.runs_dir={tmp_path}"])
+    assert bench.step_kinds(unprobed)["plain"] == unprobed.train.steps - 1
+    costs = {"setup": 1000.0, "first": 500.0, "plain": 1.0, "probe": 10.0, "after": 2.0, "evaluations": 100.0}
+    assert bench.predicted_seconds(cfg, costs) == 1000 + 500 + 5 * 1.0 + 2 * 10.0 + 3 * 2.0 + 4 * 100.0
+
+
+def vgg16_flops_by_hand(width: float, batch: int, image: int = 32) -> int:
+    """Multiply-adds of VGG16's 3x3 convolutions (padding 1) and classifier, 2 FLOPs each: the forward
+    pass once, the backward pass twice (the gradients of the inputs and of the weights), except the first
+    convolution, whose input (the images) needs no gradient."""
+    layers, size, channels, forward, first = bench.VGG("vgg16", width).features, image, 3, 0, None
+    for layer in layers:
+        if isinstance(layer, torch.nn.MaxPool2d):
+            size //= 2
+            continue
+        out = layer.conv.out_channels
+        flops = 2 * batch * size * size * channels * out * 9
+        first = flops if first is None else first
+        forward += flops
+        channels = out
+    forward += 2 * batch * channels * 10
+    return 3 * forward - first
+
+
+@pytest.mark.parametrize("width", [0.0625, 0.125])
+def test_flops_of_a_step_are_the_hand_count(width, tiny_cifar, tmp_path):
+    cfg = compose(["model=vgg", "scale=smoke", "norm=batch", f"model.width={width}", "probes=none", "logger=none",
+                   "data.train_subset=null", "data.eval.every=100", f"runtime.runs_dir={tmp_path}"])
+    trainer = Trainer(cfg, tmp_path / "run")
+    batch = len(trainer.data.train_batch(1)[1])
+    assert bench.step_flops(trainer, 1) == vgg16_flops_by_hand(width, batch)
+
+
+def test_reproduce_all_estimate_combines_the_measured_items(monkeypatch):
+    monkeypatch.setattr(bench, "paper_runs", lambda model, overrides: [None] * (51 if model == "dln" else 63))
+    vgg = {"width": 1.0, "reproduce_all_vgg": {"runs": 63, "one_after_another_predicted_s": 1000}}
+    dln = {"seeds": 8, "stacked_1_thread_s": 80.0}
+    estimate = bench.reproduce_all_estimate({"vgg16_paper_run": vgg, "vgg16_packed": {"speedup": 2.0},
+                                             "dln_8_seeds": dln})
+    assert estimate["vgg_s"] == 500 and estimate["dln_runs"] == 51
+    assert estimate["dln_s"] == 510 and estimate["total_s"] == 1010
+    assert bench.reproduce_all_estimate({"vgg16_paper_run": {**vgg, "width": 0.125}, "dln_8_seeds": dln}) is None
+    assert bench.reproduce_all_estimate({"vgg16_paper_run": vgg}) is None
