@@ -7,7 +7,7 @@ import pytest
 
 from bnlab.figure_cli import main
 
-TINY = ["train.steps=60", "probes.every=20", "runtime.log_every=20", "logger=none", "scale.vgg.width=0.0625",
+TINY = ["train.steps=40", "probes.every=20", "runtime.log_every=20", "logger=none", "scale.vgg.width=0.0625",
         "scale.vgg.train_subset=null", "scale.vgg.eval_every=20", "scale.vgg.eval_train_examples=100",
         "scale.vgg.eval_test_examples=null"]
 
