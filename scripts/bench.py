@@ -42,6 +42,7 @@ import copy
 import json
 import os
 import pickle
+import queue
 import statistics
 import sys
 import tempfile
@@ -462,11 +463,18 @@ def bench_vgg_packed(device, width, steps: int, pack: int):
 
         def rate(processes: int) -> float:
             barrier, seconds = context.Barrier(processes), context.Queue()
-            workers = [context.Process(target=_packed_worker, args=(container, steps, barrier, seconds))
-                       for _ in range(processes)]
+            workers = [context.Process(target=_packed_worker, args=(container, steps, barrier, seconds), daemon=True)
+                       for _ in range(processes)]  # daemons: ended with this process if it stops
             for w in workers:
                 w.start()
-            times = [seconds.get() for _ in workers]
+            times = []
+            while len(times) < processes:
+                try:
+                    times.append(seconds.get(timeout=5))
+                except queue.Empty:
+                    failed = [w.exitcode for w in workers if w.exitcode not in (None, 0)]
+                    if failed:  # a worker died (its traceback is above): stop rather than wait forever
+                        raise RuntimeError(f"vgg16_packed: a training process failed (exit code {failed[0]})") from None
             for w in workers:
                 w.join()
             return processes * steps / max(times)
