@@ -60,10 +60,9 @@ class ProbeSchedule:
         return step_kind(self.cfg, self.any_enabled, step) != "plain"
 
     def _activations_due(self, step: int) -> bool:
-        """Activations are also recorded the step after each probe step when `consecutive` is set, for the
+        """At every probe step, and the step after it when `consecutive` is set (step_kind "after"), for the
         moment changes between successive steps (figure 8)."""
-        a = self.cfg.activations
-        return a.enabled and (step % self.cfg.every == 0 or (a.consecutive and step % self.cfg.every == 1))
+        return self.cfg.activations.enabled and self.due(step)
 
     def _direction_generator(self):
         return self.direction_rngs if self.stacked else self.direction_rngs[0]
