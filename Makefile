@@ -3,6 +3,7 @@
 #   make reproduce-all SCALE=paper SEEDS=3  every figure
 #   make reproduce-figure4 LAUNCHER=slurm ARGS="hydra.launcher.partition=gpu"   one SLURM job array
 #   make figure-figure3 SCALE=paper         redraw from logged runs, no training
+#   make calibrate-vgg | calibrate-dln          the calibration studies behind the default baselines
 #   make test | lint | bench | sync-wandb | slurm-local-start | slurm-local-stop
 SCALE ?= paper
 SEEDS ?=
@@ -16,7 +17,7 @@ BIN := $(VENV)/bin
 RUNS := $(or $(BNLAB_RUNS),runs)
 SEEDS_ARG := $(if $(SEEDS),--seeds $(SEEDS),)
 
-.PHONY: setup test lint bench sync-wandb clean-venv slurm-local-start slurm-local-stop
+.PHONY: setup test lint bench calibrate-vgg calibrate-dln sync-wandb clean-venv slurm-local-start slurm-local-stop
 
 setup: $(VENV)/.installed
 
@@ -40,6 +41,16 @@ lint: setup
 
 bench: setup
 	$(BIN)/python scripts/bench.py
+
+# VGG16 at full width on this machine's device (hours on a CPU; the runs resume where they stopped)
+calibrate-vgg: setup
+	$(BIN)/python scripts/calibrate_vgg.py signal
+	$(BIN)/python scripts/calibrate_vgg.py train --jobs $(JOBS) --threads 1
+	$(BIN)/python scripts/calibrate_vgg.py report
+
+calibrate-dln: setup
+	$(BIN)/python scripts/calibrate_dln.py train --jobs $(JOBS)
+	$(BIN)/python scripts/calibrate_dln.py report
 
 sync-wandb: setup
 	find $(RUNS) -type d -name 'offline-run-*' -exec $(BIN)/wandb sync {} +

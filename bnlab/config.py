@@ -95,6 +95,7 @@ def validate(cfg: DictConfig) -> None:
     if cfg.model.name == "dln":
         _positive(cfg, "model.width", integer=True)
         _positive(cfg, "model.depth", integer=True)
+        _positive(cfg, "model.init_gain")
         _positive(cfg, "data.num_samples", integer=True)
         _positive(cfg, "data.input_std")
         _positive(cfg, "data.target_std")
@@ -105,11 +106,16 @@ def validate(cfg: DictConfig) -> None:
 
 def _validate_vgg(cfg):
     from bnlab.cifar10 import SOURCES
-    from bnlab.models.vgg import LAYOUTS
+    from bnlab.data import INPUT_SCALES
+    from bnlab.models.vgg import CONV_BIAS, HEADS, INITS, LAYOUTS
 
     _check(cfg.data.name == "cifar10", "data", cfg.data.name, "cifar10, cifar10_jpeg (VGG trains on CIFAR-10)")
     _check(cfg.model.depth in LAYOUTS, "model.depth", cfg.model.depth, ", ".join(LAYOUTS))
     _positive(cfg, "model.width")
+    _check(cfg.model.init in INITS, "model.init", cfg.model.init, ", ".join(INITS))
+    _check(cfg.model.head in HEADS, "model.head", cfg.model.head, ", ".join(HEADS))
+    _check(cfg.model.conv_bias in CONV_BIAS, "model.conv_bias", cfg.model.conv_bias, "auto, true, false")
+    _check(cfg.data.input_scale in INPUT_SCALES, "data.input_scale", cfg.data.input_scale, ", ".join(INPUT_SCALES))
     _check(cfg.data.source in SOURCES, "data.source", cfg.data.source, ", ".join(SOURCES))
     _positive(cfg, "data.batch_size", integer=True)
     _positive(cfg, "data.eval.every", integer=True)

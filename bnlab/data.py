@@ -38,8 +38,8 @@ class GaussianRegression:
 
 
 class ImageClassification:
-    """CIFAR-10 as the training loop sees it: the images resident on the training device, standardized per
-    channel, and batches drawn there.
+    """CIFAR-10 as the training loop sees it: the images resident on the training device, scaled as
+    `input_scale` says (INPUT_SCALES; standardized per channel by default), and batches drawn there.
 
     Each epoch is a permutation of the training images drawn from (seed, epoch) alone, so every variant
     trained with one seed on one kind of device sees the same batches in the same order (paired
@@ -51,7 +51,8 @@ class ImageClassification:
     classification = True
 
     def __init__(self, data: dict, batch_size: int, seed: int, train_subset: int | None, augment: bool,
-                 eval_train_examples: int, eval_test_examples: int | None, device: torch.device, dtype: torch.dtype):
+                 eval_train_examples: int, eval_test_examples: int | None, device: torch.device, dtype: torch.dtype,
+                 input_scale: str = "standardize"):
         train_x, train_y = data["train_x"], data["train_y"]
         copy = {"jpeg": "JPEG copy", "torchvision": "torchvision files"}.get(data.get("source"), "given tensors")
         self.description = f"CIFAR-10 ({copy}, sha256 {data.get('sha256', '?')[:16]})"
@@ -59,7 +60,7 @@ class ImageClassification:
             keep = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(0))[:train_subset].sort().values
             train_x, train_y = train_x[keep], train_y[keep]
         self.device, self.dtype = device, dtype
-        self.mean, self.std = channel_moments(train_x)
+        self.offset, self.divisor = input_transform(input_scale, train_x)
         self.train_x, self.train_y = self._standardize(train_x), train_y.to(device)
         self.batch_size, self.seed, self.augment = batch_size, seed, augment
         self.batches_per_epoch = len(train_y) // batch_size
@@ -71,12 +72,13 @@ class ImageClassification:
                                                 eval_test_examples)}
 
     def _standardize(self, images: torch.Tensor) -> torch.Tensor:
-        """(pixel / 255 - mean) / std per channel, computed in float64 for each of the 256 values a pixel
-        can take, then looked up: the elementwise formula's values at a fraction of its cost (it took some
-        9 s a run on one CPU thread). The 8-bit images go to the device first, the smallest copy."""
+        """(pixel / 255 - offset) / divisor per channel (input_transform), computed in float64 for each of the
+        256 values a pixel can take, then looked up: the elementwise formula's values at a fraction of its cost
+        (it took some 9 s a run on one CPU thread). The 8-bit images go to the device first, the smallest copy."""
         images = images.to(self.device)
         levels = torch.arange(256, dtype=torch.float64, device=self.device) / 255
-        table = ((levels - self.mean.to(self.device)[:, None]) / self.std.to(self.device)[:, None]).to(self.dtype)
+        offset, divisor = self.offset.to(self.device)[:, None], self.divisor.to(self.device)[:, None]
+        table = ((levels - offset) / divisor).to(self.dtype)
         channels = images.shape[1]
         rows = torch.arange(0, 256 * channels, 256, dtype=torch.int32, device=self.device).view(1, channels, 1, 1)
         return table.flatten().index_select(0, (images.int() + rows).flatten()).view(images.shape)
@@ -94,6 +96,26 @@ class ImageClassification:
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(outputs, targets)
+
+
+INPUT_SCALES = {
+    "standardize": "per channel: (pixel / 255 - mean) / std, with the training images' moments",
+    "unit": "pixel / 255, in [0, 1]",
+    "raw": "the 8-bit values 0-255 as they are",
+}
+
+
+def input_transform(scale: str, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel offset and divisor (float64) that map a pixel p to (p / 255 - offset) / divisor for the
+    input scaling `scale` (INPUT_SCALES)."""
+    if scale == "standardize":
+        return channel_moments(images)
+    zeros = torch.zeros(images.shape[1], dtype=torch.float64)
+    if scale == "unit":
+        return zeros, zeros + 1
+    if scale == "raw":
+        return zeros, zeros + 1 / 255
+    raise ValueError(f"data.input_scale: unknown scaling {scale!r}; allowed: {', '.join(INPUT_SCALES)}")
 
 
 def channel_moments(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,5 +162,5 @@ def build_data(cfg, device: torch.device, dtype: torch.dtype):
 
         images = cifar10.load(d.root, d.source, d.cache_dir, d.download, d.sha256)
         return ImageClassification(images, d.batch_size, d.seed, d.train_subset, d.augment,
-                                   d.eval.train_examples, d.eval.test_examples, device, dtype)
+                                   d.eval.train_examples, d.eval.test_examples, device, dtype, d.input_scale)
     raise ValueError(f"data.name: unknown dataset {d.name!r}; allowed: gaussian, cifar10")

@@ -105,8 +105,9 @@ def _warn_if_slow(cfgs, jobs: int) -> None:
              and c.model.width >= 0.5]
     if heavy:
         hours = sum(c.train.steps * 0.8 * (8 * c.model.width) ** 2 / 64 for c in heavy) / 3600 / jobs
+        took = f"{hours:.0f} hours" if hours >= 1.5 else f"{hours * 60:.0f} minutes"
         print(f"warning: {len(heavy)} VGG runs at width >= 0.5 will train on the CPU (no GPU here): roughly "
-              f"{hours:.0f} hours. Paper-scale VGG needs a GPU; SCALE=smoke runs every figure on a CPU.",
+              f"{took}. Paper-scale VGG needs a GPU; SCALE=smoke runs every figure on a CPU.",
               file=sys.stderr, flush=True)
 
 

@@ -90,6 +90,11 @@ class ProbeSchedule:
                 self._add(rows, step, "bn_sigma_mean", layer, sigma.mean(-1))
                 self._add(rows, step, "bn_sigma_median", layer, sigma.median(-1).values)
                 self._add(rows, step, "bn_sigma_max", layer, sigma.amax(-1))
+                # Theorem 4.1 scales the gradient by gamma_j / sigma_j: record the scale and the ratio per unit
+                weight = getattr(self.model.get_submodule(name), "weight", None)  # None: torch's affine=False
+                gamma = torch.ones_like(sigma) if weight is None else weight.detach().abs().double()
+                self._add(rows, step, "bn_gamma_median", layer, gamma.median(-1).values)
+                self._add(rows, step, "bn_gain_median", layer, (gamma / sigma).median(-1).values)
 
     def _add(self, rows: list[MetricRows], step: int, metric: str, layer: int, value) -> None:
         """One row per run: a stacked model's value has a run axis."""

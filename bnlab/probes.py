@@ -13,6 +13,8 @@ result gets one.
 
 Every probe
 - runs the model in training mode (batch statistics: exactly the function being optimized),
+- computes in strict fp32 on CUDA (TF32 off for its duration, whatever the training step uses): TF32 rounds
+  products to about 1e-3 relative, and the gradient differences the probes report go below that,
 - leaves the model's parameters, buffers (running statistics included) and train/eval mode of every
   submodule exactly as it found them,
 - replays one random draw: torch's generators are reset to the state they had when the probe was called
@@ -70,7 +72,8 @@ def _single(t: torch.Tensor, runs: int | None) -> torch.Tensor:
 
 
 class _Measurement:
-    """Train mode, one replayed random draw, and buffers, parameters and modes restored on exit."""
+    """Train mode, one replayed random draw, strict fp32 (no TF32), and buffers, parameters, modes and the
+    TF32 switches restored on exit."""
 
     def __init__(self, model: nn.Module, device: torch.device):
         self.model, self.device = model, device
@@ -81,6 +84,8 @@ class _Measurement:
         self.params = [(p, p.detach().clone()) for p in self.model.parameters()]
         self.cpu_rng = torch.random.get_rng_state()
         self.cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        self.tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
         self.model.train()
         return self
 
@@ -96,6 +101,7 @@ class _Measurement:
                 tensor.copy_(saved)
         for module, mode in self.modes:
             module.training = mode
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = self.tf32
         self.replay()
         return False
 

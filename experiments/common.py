@@ -190,11 +190,43 @@ def steps_axis(ax, steps: int):
 
 @dataclass
 class Claim:
+    """One of the paper's claims as we judge it. `quote` and `rule` are fixed in the figure's module, written
+    before the runs they judge were seen; `measured` and `holds` come from the runs."""
+
     claim: str  # what the paper says, one sentence
+    quote: str  # the paper's sentence (or the figure) that the claim tests
+    rule: str  # how it is judged, with its thresholds
     paper: str  # the paper's value or picture
     measured: str  # what we measured, with numbers
     holds: bool
     values: dict = field(default_factory=dict)  # the numbers behind `measured`, for claims.json
+
+
+# Training speed is judged early, where the paper's curves separate: accuracy saturates near 100% by the
+# end of a paper-scale run, so a final accuracy says little about speed.
+EARLY_CHECKPOINTS = (0.05, 0.1, 0.2)  # fractions of the run: steps 750, 1500, 3000 of the paper's 15,000
+
+
+def accuracy_at(run: Run, fraction: float) -> float:
+    """Training accuracy at `fraction` of the run: the mean batch accuracy over the 2% of the steps ending
+    there (nan if the run diverged before)."""
+    steps = run.cfg.train.steps
+    end = int(round(fraction * steps))
+    acc = run.series("accuracy")
+    window = acc[(acc.index < end) & (acc.index >= end - max(1, steps // 50))]
+    return float(window.mean()) if len(window) else float("nan")
+
+
+def checkpoint_accuracies(runs: list[Run]) -> dict[str, list[float]]:
+    """{"5%": [accuracy of each run at 5% of the run], ...} at EARLY_CHECKPOINTS."""
+    return {f"{f:.0%}": [accuracy_at(r, f) for r in runs] for f in EARLY_CHECKPOINTS}
+
+
+def steps_to_reach(run: Run, level: float) -> float:
+    """First step at which the smoothed training accuracy reaches `level` (nan if never)."""
+    acc = smoothed(run.series("accuracy"), run.cfg.train.steps)
+    reached = acc[acc >= level]
+    return float(reached.index[0]) if len(reached) else float("nan")
 
 
 def spread(values) -> str:
@@ -225,8 +257,8 @@ def write_results(out_dir: Path, figure: str, claims: list[Claim], notes: str, s
         lines += [f"## {name}", "", f"![{name}]({name}.png)", "",
                   f"Seeds: {entry['seeds']}.{f' Data: {used}.' if used else ''} {entry['notes']}", ""]
         if entry["claims"]:
-            lines += ["| claim | paper | measured | holds |", "|---|---|---|---|"]
-            lines += [f"| {c['claim']} | {c['paper']} | {c['measured']} | {'yes' if c['holds'] else '**no**'} |"
-                      for c in entry["claims"]]
+            lines += ["| claim | the paper | rule | paper's value | measured | holds |", "|---|---|---|---|---|---|"]
+            lines += [f"| {c['claim']} | {c.get('quote', '')} | {c.get('rule', '')} | {c['paper']} | {c['measured']} | "
+                      f"{'yes' if c['holds'] else '**no**'} |" for c in entry["claims"]]
             lines.append("")
     (out_dir / "README.md").write_text("\n".join(lines))

@@ -6,11 +6,20 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from experiments.activations import ridge
-from experiments.common import NORM_STYLE, Claim, accuracy_panel, final_train_accuracy, select, spread
+from experiments.common import (
+    NORM_STYLE,
+    Claim,
+    accuracy_panel,
+    checkpoint_accuracies,
+    select,
+    spread,
+    steps_to_reach,
+)
 
 NORMS = ("none", "batch")
 LAYERS = (3, 11)
 FAILS, TRAINS = 15.0, 30.0  # final test accuracy (%) at or below which a run failed / at or above which it trains
+REACH = 60.0  # training accuracy (%) whose first step is reported
 
 
 def draw(runs, path):
@@ -40,34 +49,35 @@ def test_accuracy(runs):
 
 def claims(runs):
     low, high = min(r.cfg.optim.lr for r in runs), max(r.cfg.optim.lr for r in runs)
-    half = runs[0].cfg.train.steps // 3
-
-    def train_acc_at(norm, lr, step):
-        return [float(r.series("accuracy").loc[:step].iloc[-max(1, step // 50):].mean())
-                for r in select(runs, norm=norm, lr=lr)]
-
-    early_std, early_bn = train_acc_at("none", low, half), train_acc_at("batch", low, half)
-    final_std = [final_train_accuracy(r) for r in select(runs, norm="none", lr=low)]
-    final_bn = [final_train_accuracy(r) for r in select(runs, norm="batch", lr=low)]
+    early = {n: checkpoint_accuracies(select(runs, norm=n, lr=low)) for n in NORMS}
+    faster = all(np.mean(early["batch"][k]) > np.mean(early["none"][k]) for k in early["none"])
+    reach = {n: [steps_to_reach(r, REACH) for r in select(runs, norm=n, lr=low)] for n in NORMS}
     test = {(n, lr): test_accuracy(select(runs, norm=n, lr=lr)) for n in NORMS for lr in (low, high)}
-    faster = np.mean(early_bn) > np.mean(early_std) and np.mean(final_bn) > np.mean(final_std)
     std_fails = bool(np.all(np.nan_to_num(test[("none", high)], nan=10.0) <= FAILS))
     bn_trains = bool(np.all(np.nan_to_num(test[("batch", high)], nan=0.0) >= TRAINS))
+    at = "; ".join(f"at {k} of the run: standard {spread(early['none'][k])}%, BN {spread(early['batch'][k])}%"
+                   for k in early["none"])
     return [
-        Claim(claim=f"VGG: BN trains faster than standard at lr {low:g} (training accuracy at 1/3 of the run and at "
-                    "the end)",
-              paper="Fig 1a: BN above standard throughout",
-              measured=f"at step {half}: standard {spread(early_std)}%, BN {spread(early_bn)}%; final: standard "
-                       f"{spread(final_std)}%, BN {spread(final_bn)}%",
-              holds=bool(faster), values={"early": {"none": early_std, "batch": early_bn},
-                                          "final": {"none": final_std, "batch": final_bn}}),
-        Claim(claim=f"VGG at lr {high:g}: the standard network fails (final test accuracy <= {FAILS:g}%) while BN "
-                    f"trains (>= {TRAINS:g}%)",
+        Claim(claim=f"VGG: BN trains faster than standard at lr {low:g}",
+              quote="Figure 1: 'There is a consistent gain in training speed in models with BatchNorm layers.'",
+              rule="BN's training accuracy (mean over seeds of the mean batch accuracy over the 2% of steps ending "
+                   "there) is higher than standard's at each of 5%, 10% and 20% of the run; steps to reach "
+                   f"{REACH:g}% reported",
+              paper="Fig 1a: at 1k steps about 80% BN, 60-70% standard by 1-2k",
+              measured=f"{at}; steps to {REACH:g}%: standard {spread(reach['none'])}, BN {spread(reach['batch'])}",
+              holds=bool(faster), values={"accuracy": early, f"steps_to_{REACH:g}": reach}),
+        Claim(claim=f"VGG at lr {high:g}: the standard network fails while BN trains",
+              quote="Figure 1 (b): at LR=0.5 the standard network's test accuracy stays at about 10%, BatchNorm's "
+                    "rises to about 80%",
+              rule=f"final test accuracy standard <= {FAILS:g}% (a diverged run counts as failed) and BN >= "
+                   f"{TRAINS:g}%, every seed",
               paper="Fig 1b: standard about 10%, BN about 80%",
               measured=f"final test accuracy standard {spread(test[('none', high)])}%, BN "
-                       f"{spread(test[('batch', high)])}% (diverged runs count as failed)",
+                       f"{spread(test[('batch', high)])}%",
               holds=std_fails and bn_trains, values={"none": test[("none", high)], "batch": test[("batch", high)]}),
         Claim(claim=f"VGG at lr {low:g}: BN ends with a higher test accuracy than standard",
+              quote="Appendix A.1: 'Our network achieves a test accuracy of 83% with BatchNorm and 80% without'",
+              rule="mean over seeds of the final test accuracy, BN above standard",
               paper="83% BN vs 80% standard (15k steps, no augmentation)",
               measured=f"final test accuracy standard {spread(test[('none', low)])}%, "
                        f"BN {spread(test[('batch', low)])}%",

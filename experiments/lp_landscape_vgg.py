@@ -12,4 +12,6 @@ def draw(runs, path):
 
 
 def claims(runs):
-    return every_norm_claims(runs, NORMS[1:], "VGG", "Fig 12: all normalizations below standard")
+    return every_norm_claims(runs, NORMS[1:], "VGG", "Sec 3.3: 'all these techniques result in an improved "
+                             "smoothness of the landscape that is similar to the effect of BatchNorm.' (Fig 12)",
+                             "Fig 12: all normalizations below standard")

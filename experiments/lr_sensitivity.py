@@ -74,19 +74,23 @@ def model_claim(runs):
     model = runs[0].cfg.model.name
     lrs = sorted({r.cfg.optim.lr for r in runs})
     working = {n: [lr for lr in lrs if all(outcome(r)[1] for r in select(runs, norm=n, lr=lr))] for n in NORMS}
+    largest = {n: max(working[n]) if working[n] else 0.0 for n in NORMS}
     what = "accuracy" if model == "vgg" else "loss"
-    text = "; ".join(f"{NORM_STYLE[n][0]} trains at {len(working[n])}/{len(lrs)} lrs "
-                     f"({', '.join(f'{lr:g}' for lr in working[n]) or 'none'})" for n in NORMS)
+    text = "; ".join(f"{NORM_STYLE[n][0]}: largest lr that trains {largest[n]:g} (trains at "
+                     f"{', '.join(f'{lr:g}' for lr in working[n]) or 'none'})" for n in NORMS)
     text += f"; final training {what} standard vs BN by lr: " + ", ".join(
         f"{lr:g}: {describe(select(runs, norm='none', lr=lr))} vs {describe(select(runs, norm='batch', lr=lr))}"
         for lr in lrs)
     finals = {n: {f"{lr:g}": [outcome(r)[0] for r in select(runs, norm=n, lr=lr)] for lr in lrs} for n in NORMS}
-    rule = (f"ends above {ACCURACY:g}% training accuracy" if model == "vgg"
-            else f"ends at or below {PROGRESS:g}x its initial loss")
-    return Claim(claim=f"{model.upper()}: BatchNorm trains at a wider range of learning rates than standard (a run "
-                       f"trains when it does not diverge and {rule})",
+    trains = (f"ends above {ACCURACY:g}% training accuracy" if model == "vgg"
+              else f"ends at or below {PROGRESS:g}x its initial loss")
+    return Claim(claim=f"{model.upper()}: BatchNorm trains at larger learning rates than standard",
+                 quote="Sec 3.1: 'This, in turn, enables us to use a broader range of (and thus larger) learning "
+                       "rates'",
+                 rule=f"the largest learning rate of the sweep at which every seed trains (does not diverge and "
+                      f"{trains}) is larger for BN than for standard; the other rates are reported",
                  paper="sec 3.1 and Fig 11: BN robust to a broad range of learning rates",
-                 measured=text, holds=len(working["batch"]) > len(working["none"]),
+                 measured=text, holds=largest["batch"] > largest["none"],
                  values={"working_lrs": working, f"final_{what}": finals})
 
 

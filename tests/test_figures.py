@@ -19,10 +19,13 @@ def test_smoke_figure_end_to_end_and_redraw(tmp_path, runs_dir, tiny_cifar, caps
     png = out / "smoke" / "figure3.png"
     assert png.exists() and png.stat().st_size > 20_000
     claims = json.loads((out / "smoke" / "claims.json").read_text())["figure3"]
-    assert claims["seeds"] == 1 and claims["claims"][0]["measured"].startswith("lr 1e-06: cos standard")
-    assert claims["claims"][1]["measured"].startswith("lr 0.1: cos standard")  # the VGG panels
+    dln_low, dln_high, vgg = claims["claims"]
+    assert claims["seeds"] == 1 and dln_low["measured"].startswith("cos standard")
+    assert dln_low["claim"].startswith("DLN at lr 1e-07") and dln_high["measured"].startswith("layer #9: cos standard")
+    assert vgg["measured"].startswith("lr 0.1: cos standard")  # the VGG panels
+    assert all(c["quote"] and c["rule"] for c in claims["claims"])
     readme = (out / "smoke" / "README.md").read_text()
-    assert "## figure3" in readme and "| claim | paper | measured | holds |" in readme
+    assert "## figure3" in readme and "| claim | the paper | rule | paper's value | measured | holds |" in readme
     first = capsys.readouterr().out
     assert "8 distinct runs needed: 0 already in the store, 0 to be served by a probed run" in first
 

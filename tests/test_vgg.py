@@ -19,7 +19,7 @@ NORM_TYPES = {"none": nn.Identity, "batch": BatchNorm, "l1": LpNorm, "l2": LpNor
 @pytest.mark.parametrize("depth", list(LAYOUTS))
 @pytest.mark.parametrize("norm", list(NORM_TYPES))
 def test_shapes_numbering_and_biases(depth, norm):
-    model = VGG(depth, width=0.125, norm_kind=norm)
+    model = VGG(depth, width=0.125, norm_kind=norm, init="glorot_uniform")
     assert model(torch.randn(4, 3, 32, 32)).shape == (4, 10)
     layers = probes.numbered_layers(model)
     assert len(layers) == CONVS[depth] + 1 == num_layers(compose(["model=vgg", f"model.depth={depth}"]))
@@ -136,6 +136,11 @@ def test_vgg_defaults_follow_the_spec():
     assert (m.start, m.stop, m.num, m.spacing) == (0.5, 4.0, 8, "linear")
     assert compose(["model=vgg", "optim.lr_factor=5"]).optim.lr == pytest.approx(0.5)
     assert compose(["model=vgg", "data=cifar10_jpeg"]).data.source == "jpeg"
+    # calibrated (README, "Calibrating the baselines"); the SPEC's literal reading is one override away
+    assert (cfg.model.init, cfg.model.head, cfg.model.conv_bias, data.input_scale) == (
+        "he_normal", "linear", "auto", "standardize")
+    assert build_model(compose(["model=vgg", "model.init=glorot_uniform", "model.width=0.125"])).features[0].conv \
+        .weight.abs().max() <= (6 / ((3 + 8) * 9)) ** 0.5
 
 
 def test_bnlab_train_reports_missing_data_without_a_traceback(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from bnlab.models.dln import DeepLinearNet
-from bnlab.models.vgg import LAYOUTS, VGG
+from bnlab.models.vgg import HEADS, LAYOUTS, VGG
 
 MODELS = ("dln", "vgg")
 
@@ -19,9 +19,10 @@ def norm_kwargs(norm_cfg) -> dict:
 def build_model(cfg) -> nn.Module:
     m = cfg.model
     if m.name == "dln":
-        return DeepLinearNet(m.width, m.depth, cfg.norm.kind, **norm_kwargs(cfg.norm))
+        return DeepLinearNet(m.width, m.depth, cfg.norm.kind, init_gain=m.init_gain, **norm_kwargs(cfg.norm))
     if m.name == "vgg":
-        return VGG(m.depth, m.width, cfg.norm.kind, m.num_classes, **norm_kwargs(cfg.norm))
+        return VGG(m.depth, m.width, cfg.norm.kind, m.num_classes, init=m.init, head=m.head, conv_bias=m.conv_bias,
+                   **norm_kwargs(cfg.norm))
     raise ValueError(f"model.name: unknown model {m.name!r}; allowed: {', '.join(MODELS)}")
 
 
@@ -30,5 +31,5 @@ def num_layers(cfg) -> int:
     if cfg.model.name == "dln":
         return cfg.model.depth
     if cfg.model.name == "vgg":
-        return sum(1 for item in LAYOUTS[cfg.model.depth] if item != "M") + 1
+        return sum(1 for item in LAYOUTS[cfg.model.depth] if item != "M") + HEADS[cfg.model.head]
     raise ValueError(f"model.name: unknown model {cfg.model.name!r}; allowed: {', '.join(MODELS)}")

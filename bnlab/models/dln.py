@@ -23,14 +23,15 @@ class LinearBlock(nn.Module):
 
 
 class DeepLinearNet(nn.Module):
-    """x -> W_k ... W_1 x with square width x width matrices.
+    """x -> W_k ... W_1 x with square width x width matrices, Glorot-uniform times `init_gain`.
 
     Normalization layers (when `norm_kind` is not "none") follow each of the first k - 1 maps; the last
     map is plain. Blocks are registered in forward order, so named_parameters() is in forward order,
     which the probes rely on.
     """
 
-    def __init__(self, width: int = 10, depth: int = 25, norm_kind: str = "none", **norm_kwargs):
+    def __init__(self, width: int = 10, depth: int = 25, norm_kind: str = "none", init_gain: float = 1.0,
+                 **norm_kwargs):
         super().__init__()
         self.width, self.depth = width, depth
         blocks = []
@@ -40,7 +41,8 @@ class DeepLinearNet(nn.Module):
             blocks.append(LinearBlock(width, norm))
         self.blocks = nn.Sequential(*blocks)
         for block in self.blocks:
-            nn.init.xavier_uniform_(block.linear.weight)  # Glorot, as in the paper
+            # Glorot, as in the paper; init_gain scales it (calibration: the product of 25 maps grows as gain^25)
+            nn.init.xavier_uniform_(block.linear.weight, gain=init_gain)
 
     def forward(self, x):
         return self.blocks(x)

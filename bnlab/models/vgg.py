@@ -1,5 +1,6 @@
 """VGG for 32x32 CIFAR-10 images (SPEC section 1): 3x3 convs, each followed by its normalization slot
-then ReLU, 2x2 max pools, then one linear classifier on the flattened 512 features."""
+then ReLU, 2x2 max pools, then a classifier on the flattened 512 features: one linear layer (the SPEC's
+reading) or VGG's own fully connected head, 512-512-10."""
 
 from __future__ import annotations
 
@@ -14,6 +15,25 @@ LAYOUTS = {
     "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
     "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
 }
+HEADS = {"linear": 1, "fc": 3}  # classifier layers: one Linear(512, 10), or 512-512-10 with ReLUs between
+INITS = ("glorot_uniform", "glorot_normal", "he_normal", "he_uniform")
+CONV_BIAS = ("auto", True, False)
+
+
+def init_weight(weight, scheme: str) -> None:
+    """Glorot (Xavier) keeps the variance of forward and backward signals equal through a *linear* layer:
+    Var(W) = 2 / (fan_in + fan_out). He keeps it through a layer followed by a ReLU, which halves it:
+    Var(W) = 2 / fan_in. Through VGG16's 13 ReLU convs Glorot loses a factor of about 2 of variance per layer."""
+    if scheme == "glorot_uniform":
+        nn.init.xavier_uniform_(weight)
+    elif scheme == "glorot_normal":
+        nn.init.xavier_normal_(weight)
+    elif scheme == "he_normal":
+        nn.init.kaiming_normal_(weight, mode="fan_in", nonlinearity="relu")
+    elif scheme == "he_uniform":
+        nn.init.kaiming_uniform_(weight, mode="fan_in", nonlinearity="relu")
+    else:
+        raise ValueError(f"model.init: unknown initialization {scheme!r}; allowed: {', '.join(INITS)}")
 
 
 class ConvBlock(nn.Module):
@@ -30,32 +50,54 @@ class ConvBlock(nn.Module):
         return self.relu(self.norm(self.conv(x)))
 
 
+class LinearBlock(nn.Module):
+    """A hidden layer of the fully connected head: linear -> normalization slot -> ReLU."""
+
+    def __init__(self, in_features: int, out_features: int, norm: nn.Module, bias: bool):
+        super().__init__()
+        self.linear = nn.Linear(in_features, out_features, bias=bias)
+        self.norm = norm
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        return self.relu(self.norm(self.linear(x)))
+
+
 class VGG(nn.Module):
     """`depth` is one of LAYOUTS; `width` multiplies every channel count (at least 1 channel each).
 
-    The conv bias exists only without normalization (a norm's shift replaces it). Modules are registered
-    in forward order, so named_parameters() is in forward order, which the probes rely on.
+    `head`: "linear" (one Linear to the classes) or "fc" (two hidden layers as wide as the last conv,
+    each normalized like the convs, then the output layer). `conv_bias`: "auto" gives a layer a bias only
+    without normalization (a norm's shift replaces it); true or false force it. `init` is the weight
+    initialization of every conv and linear layer (INITS); biases start at zero. Modules are registered in
+    forward order, so named_parameters() is in forward order, which the probes rely on.
     """
 
     def __init__(self, depth: str = "vgg16", width: float = 1.0, norm_kind: str = "none", num_classes: int = 10,
-                 **norm_kwargs):
+                 init: str = "he_normal", head: str = "linear", conv_bias="auto", **norm_kwargs):
         super().__init__()
         if depth not in LAYOUTS:
             raise ValueError(f"model.depth: unknown VGG {depth!r}; allowed: {', '.join(LAYOUTS)}")
+        if head not in HEADS:
+            raise ValueError(f"model.head: unknown head {head!r}; allowed: {', '.join(HEADS)}")
+        bias = norm_kind == "none" if conv_bias == "auto" else bool(conv_bias)
         layers, channels = [], 3
         for item in LAYOUTS[depth]:
             if item == "M":
                 layers.append(nn.MaxPool2d(2))
                 continue
             out = max(1, round(item * width))
-            norm = make_norm(norm_kind, out, **norm_kwargs)
-            layers.append(ConvBlock(channels, out, norm, bias=norm_kind == "none"))
+            layers.append(ConvBlock(channels, out, make_norm(norm_kind, out, **norm_kwargs), bias))
             channels = out
         self.features = nn.Sequential(*layers)
-        self.classifier = nn.Linear(channels, num_classes)  # 32x32 -> 1x1 after five pools
+        hidden = [LinearBlock(channels, channels, make_norm(norm_kind, channels, **norm_kwargs), bias)
+                  for _ in range(HEADS[head] - 1)]
+        # 32x32 -> 1x1 after five pools; the output layer keeps its bias (it has no norm to replace it)
+        self.classifier = nn.Sequential(*hidden, nn.Linear(channels, num_classes)) if hidden else \
+            nn.Linear(channels, num_classes)
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.xavier_uniform_(m.weight)  # Glorot, as in the paper
+                init_weight(m.weight, init)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
@@ -66,6 +108,10 @@ class VGG(nn.Module):
         """Layer number (from 1) -> name of the module whose output is that layer's activation (the input
         of its ReLU). The classifier's output is the logits."""
         names = [f"features.{i}.norm" for i, m in enumerate(self.features) if isinstance(m, ConvBlock)]
-        numbers = {n + 1: name for n, name in enumerate(names)}
-        numbers[len(names) + 1] = "classifier"
-        return numbers
+        if isinstance(self.classifier, nn.Sequential):
+            last = len(self.classifier) - 1
+            names += [f"classifier.{i}.norm" for i in range(last)] + [f"classifier.{last}"]
+        else:
+            names.append("classifier")
+        return {n + 1: name for n, name in enumerate(names)}
+
