@@ -223,7 +223,8 @@ def cmd_report(args) -> None:
 def _plot(curves, path: Path, plt, width: float) -> None:
     names = list(dict.fromkeys(curves.candidate))
     colours = dict(zip(names, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
-    fig, axes = plt.subplots(1, len(LRS), figsize=(5 * len(LRS), 4), sharey=True, constrained_layout=True)
+    fig, axes = plt.subplots(1, len(LRS), figsize=(5 * len(LRS) + 2, 4), sharey=True,
+                             constrained_layout=True)
     for ax, lr in zip(axes, LRS, strict=True):
         for (name, norm), c in curves[curves.lr == lr].groupby(["candidate", "norm"], sort=False):
             smooth = c.set_index("step")["accuracy"].rolling(20, min_periods=1).mean()
@@ -232,7 +233,7 @@ def _plot(curves, path: Path, plt, width: float) -> None:
         ax.set_title(f"VGG16 width {width:g}, lr {lr:g}")
         ax.set_xlabel("step")
     axes[0].set_ylabel("training accuracy (%), 20-step mean")
-    axes[-1].legend(fontsize=7, loc="upper left")
+    axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
