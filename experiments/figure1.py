@@ -24,8 +24,8 @@ REACH = 60.0  # training accuracy (%) whose first step is reported
 
 def draw(runs, path):
     lrs = sorted({r.cfg.optim.lr for r in runs})
-    fig = plt.figure(figsize=(15, 8))
-    grid = fig.add_gridspec(2, 4, hspace=0.35, wspace=0.3)
+    fig = plt.figure(figsize=(15, 8), layout="constrained")  # no empty band under the title
+    grid = fig.add_gridspec(2, 4)
     for col, split in enumerate(("train", "test")):
         ax = fig.add_subplot(grid[0, 2 * col:2 * col + 2])
         for lr, ls in zip(lrs, ("-", "--", ":"), strict=False):

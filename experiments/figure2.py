@@ -24,8 +24,8 @@ NOT_TRAINING = 20.0  # final training accuracy (%) below which a run has not tra
 
 
 def draw(runs, path):
-    fig = plt.figure(figsize=(15, 11))
-    grid = fig.add_gridspec(4, 3, height_ratios=[1.1, 1, 1, 1], hspace=0.45, wspace=0.25)
+    fig = plt.figure(figsize=(15, 11), layout="constrained")  # no empty band under the title
+    grid = fig.add_gridspec(4, 3, height_ratios=[1.1, 1, 1, 1])
     ax = fig.add_subplot(grid[0, :])
     accuracy_panel(ax, runs, (*NORMS, "none+noise"))
     ax.set_title(f"Training accuracy, lr {runs[0].cfg.optim.lr:g}"), ax.legend(fontsize=8)
