@@ -237,6 +237,12 @@ def spread(values) -> str:
     return f"{np.nanmean(v):.3g} ({np.nanmin(v):.3g}-{np.nanmax(v):.3g})"
 
 
+def geomean(values) -> float:
+    """Geometric mean (of positive values spanning orders of magnitude; an infinite one gives inf)."""
+    v = np.asarray(list(values), dtype=float)
+    return float(np.exp(np.mean(np.log(np.maximum(v, 1e-300)))))
+
+
 def write_results(out_dir: Path, figure: str, claims: list[Claim], notes: str, seeds: int, scale: str,
                   datasets: list[str] = ()) -> None:
     """Merge this figure's claims into claims.json and rewrite README.md from it (figures in the paper's

@@ -63,6 +63,14 @@ def claims(runs):
               rule=f"final training accuracy below {NOT_TRAINING:g}% (chance is 10%) for every seed; a diverged run "
                    "counts as not training",
               paper="no training at all",
-              measured=f"standard + noise {spread(final['none+noise'])}% vs standard {spread(final['none'])}%",
+              measured=f"standard + noise {_accuracy(final['none+noise'])} vs standard {_accuracy(final['none'])}",
               holds=bool(np.all(np.nan_to_num(final["none+noise"], nan=0.0) < NOT_TRAINING)), values=final),
     ]
+
+
+def _accuracy(values) -> str:
+    """Final training accuracies over seeds; a diverged run has none (nan)."""
+    finite = [v for v in values if np.isfinite(v)]
+    lost = len(values) - len(finite)
+    return ((f"{spread(finite)}%" if finite else "") + (", " if finite and lost else "")
+            + (f"{lost}/{len(values)} diverged" if lost else ""))

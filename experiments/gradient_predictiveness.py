@@ -6,8 +6,8 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments.common import NORM_STYLE, Claim, by_model, select, spread
-from experiments.landscape import UPPER, _geomean, landscape_measures
+from experiments.common import NORM_STYLE, Claim, by_model, geomean, select, spread
+from experiments.landscape import UPPER, landscape_measures
 
 NORMS = ("none", "batch")
 PAPER = {"vgg": "Fig 11a: standard up to about 250, BN mostly below about 40",
@@ -55,7 +55,7 @@ def claims(runs):
         def of(norm, stat, stats=stats):
             return [m[f"grad_pred_{stat}"] for m in stats[norm]]
 
-        below = all(_geomean(of("batch", s)) < _geomean(of("none", s)) for s in ("peak", "q90"))
+        below = all(geomean(of("batch", s)) < geomean(of("none", s)) for s in ("peak", "q90"))
         out.append(Claim(
             claim=f"{model.upper()}: gradients are more predictive with BN",
             quote="Figure 11: 'We observe that gradients are significantly more predictive in networks with "

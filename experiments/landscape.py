@@ -3,7 +3,7 @@
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments.common import NORM_STYLE, Claim, mean_band, range_band, select, spread, steps_axis
+from experiments.common import NORM_STYLE, Claim, geomean, mean_band, range_band, select, spread, steps_axis
 
 EARLY = 0.2  # "early in training": the first 20% of the steps
 
@@ -58,11 +58,6 @@ def landscape_measures(run, early: bool):
     return out
 
 
-def _geomean(values) -> float:
-    v = np.asarray(values, dtype=float)
-    return float(np.exp(np.mean(np.log(np.maximum(v, 1e-300)))))
-
-
 def compare(runs, norm, reference="none", early=True):
     """RULE for `norm` against `reference`: (holds, text, per-seed values)."""
     ours = [landscape_measures(r, early) for r in select(runs, norm=norm)]
@@ -72,7 +67,7 @@ def compare(runs, norm, reference="none", early=True):
     for m in MEASURES:
         for stat in ("peak", "q90"):
             key = f"{m}_{stat}"
-            a, b = _geomean([v[key] for v in ours]), _geomean([v[key] for v in theirs])
+            a, b = geomean([v[key] for v in ours]), geomean([v[key] for v in theirs])
             if m == "beta":
                 a, b = max(a, floor), max(b, floor)
                 verdicts[key] = a < b or a == b == floor

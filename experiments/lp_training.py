@@ -11,6 +11,7 @@ from experiments.common import (
     accuracy_panel,
     by_model,
     checkpoint_accuracies,
+    geomean,
     mean_band,
     select,
     spread,
@@ -74,7 +75,7 @@ def loss_at(run, fraction: float) -> float:
 
 def dln_claims(runs):
     at = {f"{f:.0%}": {n: [loss_at(r, f) for r in select(runs, norm=n)] for n in NORMS} for f in LOSS_CHECKPOINTS}
-    geo = {k: {n: float(np.exp(np.mean(np.log(v)))) for n, v in per.items()} for k, per in at.items()}
+    geo = {k: {n: geomean(v) for n, v in per.items()} for k, per in at.items()}
     comparable = all(g[n] <= 3 * g["batch"] and g[n] < g["none"] for g in geo.values() for n in ("l1", "l2", "linf"))
     measured = "; ".join(f"at {k}: " + ", ".join(f"{NORM_STYLE[n][0].replace('Standard + ', '')} {spread(per[n])}"
                                                  for n in NORMS) for k, per in at.items())
