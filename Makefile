@@ -1,10 +1,5 @@
-# Everything a user runs. The first target used creates .venv and installs bnlab with its dev extras.
-#   make reproduce-figure3 SCALE=smoke      train what figure3 needs, draw it, check its claims
-#   make reproduce-all SCALE=paper SEEDS=3  every figure
-#   make reproduce-figure4 LAUNCHER=slurm ARGS="hydra.launcher.partition=gpu"   one SLURM job array
-#   make figure-figure3 SCALE=paper         redraw from logged runs, no training
-#   make calibrate-vgg | calibrate-dln          the calibration studies behind the default baselines
-#   make test | lint | bench | sync-wandb | slurm-local-start | slurm-local-stop
+# Everything a user runs; `make help` lists the targets (each target's `## ` comment is its line there).
+# The first target used creates .venv and installs bnlab with its dev extras.
 SCALE ?= paper
 SEEDS ?=
 LAUNCHER ?= local
@@ -17,9 +12,16 @@ BIN := $(VENV)/bin
 RUNS := $(or $(BNLAB_RUNS),runs)
 SEEDS_ARG := $(if $(SEEDS),--seeds $(SEEDS),)
 
-.PHONY: setup test lint bench calibrate-vgg calibrate-dln sync-wandb clean-venv slurm-local-start slurm-local-stop
+.DEFAULT_GOAL := help
+.PHONY: help setup test lint bench calibrate-vgg calibrate-dln sync-wandb clean-venv slurm-local-start slurm-local-stop
 
-setup: $(VENV)/.installed
+help:  ## this list
+	@echo "make TARGET [VARIABLE=value ...]"
+	@awk 'BEGIN {FS = ":[^#]*## "} /^[a-zA-Z%_-]+:.*## / {printf "  %-20s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo "FIGURE is one of: $$(cd configs/experiment && ls *.yaml | sed 's/\.yaml$$//' | tr '\n' ' ')"
+	@echo "(what each reproduces and what it costs: .venv/bin/bnlab-figure --list)"
+
+setup: $(VENV)/.installed  ## create .venv and install bnlab with its dev extras (every target does it first)
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,39 +29,39 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -e ".[dev]"
 	touch $@
 
-reproduce-%: setup
+reproduce-%: setup  ## reproduce-FIGURE|all [SCALE=smoke|paper SEEDS=n JOBS=n LAUNCHER=slurm]: train what is missing, draw, check claims
 	$(BIN)/bnlab-figure $* --train --scale $(SCALE) $(SEEDS_ARG) --jobs $(JOBS) --launcher $(LAUNCHER) --pack $(PACK) $(ARGS)
 
-figure-%: setup
+figure-%: setup  ## figure-FIGURE|all [SCALE=..]: redraw a figure and its claims from logged runs, no training
 	$(BIN)/bnlab-figure $* --scale $(SCALE) $(SEEDS_ARG) $(filter-out hydra.% hydra/%,$(ARGS))
 
-test: setup
+test: setup  ## the test suite
 	$(BIN)/python -m pytest -q
 
-lint: setup
+lint: setup  ## ruff over the code
 	$(BIN)/ruff check bnlab experiments tests scripts
 
-bench: setup
+bench: setup  ## benchmarks, side by side with reference implementations, into results/bench/
 	$(BIN)/python scripts/bench.py
 
 # VGG16 at full width on this machine's device (hours on a CPU; the runs resume where they stopped)
-calibrate-vgg: setup
+calibrate-vgg: setup  ## the VGG calibration study (full width: hours on a CPU) into results/calibration/
 	$(BIN)/python scripts/calibrate_vgg.py signal
 	$(BIN)/python scripts/calibrate_vgg.py train --jobs $(JOBS) --threads 1
 	$(BIN)/python scripts/calibrate_vgg.py report
 
-calibrate-dln: setup
+calibrate-dln: setup  ## the DLN calibration study into results/calibration/
 	$(BIN)/python scripts/calibrate_dln.py train --jobs $(JOBS)
 	$(BIN)/python scripts/calibrate_dln.py report
 
-sync-wandb: setup
+sync-wandb: setup  ## upload the offline W&B runs of the run store (needs `wandb login`)
 	find $(RUNS) -type d -name 'offline-run-*' -exec $(BIN)/wandb sync {} +
 
-slurm-local-start:
+slurm-local-start:  ## start a one-node SLURM cluster on this machine (for LAUNCHER=slurm)
 	scripts/slurm-local.sh start
 
-slurm-local-stop:
+slurm-local-stop:  ## stop it
 	scripts/slurm-local.sh stop
 
-clean-venv:
+clean-venv:  ## remove .venv
 	rm -rf $(VENV)

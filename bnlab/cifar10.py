@@ -1,8 +1,10 @@
 """CIFAR-10 from either of its two sources, decoded once into a uint8 tensor cache.
 
 Sources (`data.source`), looked for under `data.root`:
-- `torchvision`: torchvision's `cifar-10-batches-py/` (downloaded when `data.download` is true); torchvision
-  checks every file's md5 before it unpickles anything.
+- `torchvision`: torchvision's `cifar-10-batches-py/`, downloaded by torchvision into `data.root` when it is
+  missing (unless `data.download` is false); the archive's md5 is checked before it is unpacked, and every
+  file's before it is unpickled. The download is unpacked beside its destination and moved into place only
+  once complete and checked, so an interrupted or corrupted transfer leaves nothing behind.
 - `jpeg`: the JPEG copy's layout `cifar10-jpeg/{train,test}/<class>/NNNN.jpg`, as an unpacked folder or as
   `cifar10-jpeg.tar.gz` (its sha256 checked against `data.sha256` before it is opened, when one is given).
 - `auto`: torchvision's files when present, else the JPEG copy when present, else torchvision (download).
@@ -15,11 +17,17 @@ cache is rebuilt, never half-read.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.client
 import io
 import logging
 import re
+import shutil
+import socket
 import tarfile
+import tempfile
+import urllib.error
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +71,9 @@ def resolve_source(root: Path, source: str) -> str:
     return "torchvision"
 
 
+DOWNLOAD_TIMEOUT = 60.0  # seconds without a byte before a download counts as failed (an offline machine)
+
+
 def _missing(root: Path, looked_for: list[str], extra: str) -> DataError:
     where = "\n  ".join(str(root / name) for name in looked_for)
     return DataError(f"CIFAR-10 not found. Looked for:\n  {where}\n{extra}\nSet the location with data.root=DIR or "
@@ -78,14 +89,14 @@ class _TorchvisionSource:
     def check(self) -> None:
         if not self.folder.is_dir() and not self.download:
             raise _missing(self.root, [TORCHVISION_FOLDER, JPEG_FOLDER, JPEG_ARCHIVE],
-                           "Download it with data.download=true (torchvision fetches and checks it), or use the "
-                           "JPEG copy with data=cifar10_jpeg.")
+                           "Downloads are off (data.download=false): let torchvision fetch it with "
+                           "data.download=true, or use the JPEG copy with data=cifar10_jpeg.")
 
     def checksum(self) -> str:
         from torchvision.datasets import CIFAR10
 
         if not self.folder.is_dir():
-            self._load(CIFAR10, train=False)  # downloads it
+            download(self.root)
         names = [name for name, _ in CIFAR10.train_list + CIFAR10.test_list]
         missing = [n for n in names if not (self.folder / n).is_file()]
         if missing:
@@ -95,11 +106,11 @@ class _TorchvisionSource:
 
     def _load(self, cls, train: bool):
         try:
-            return cls(str(self.root), train=train, download=self.download)
+            return cls(str(self.root), train=train, download=False)  # downloads go through download()
         except RuntimeError as exc:
             raise DataError(f"CIFAR-10 under {self.folder} failed torchvision's integrity check ({exc}). A file is "
-                            "corrupted or incomplete: delete the folder and download it again "
-                            "(data.download=true).") from exc
+                            "corrupted or incomplete: delete the folder and run again, which downloads it again "
+                            "(unless data.download=false).") from exc
 
     def decode(self) -> dict:
         from torchvision.datasets import CIFAR10
@@ -110,6 +121,55 @@ class _TorchvisionSource:
             out[f"{split}_x"] = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
             out[f"{split}_y"] = torch.tensor(ds.targets, dtype=torch.int64)
         return out
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float):
+    """torchvision opens its URL without a timeout; on a machine whose packets go nowhere that would hang."""
+    before = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(before)
+
+
+def download(root: str | Path, timeout: float = DOWNLOAD_TIMEOUT) -> Path:
+    """Fetch CIFAR-10 with torchvision (its URL, its progress bar, its md5 of the archive) into
+    `root/cifar-10-batches-py`, and return that folder. The transfer and the unpacking happen in a staging
+    folder under `root` that is always removed; the folder appears only once every file's md5 is right."""
+    from torchvision.datasets import CIFAR10
+    from torchvision.datasets.utils import check_integrity, download_and_extract_archive
+
+    root = Path(root)
+    target = root / TORCHVISION_FOLDER
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".cifar10-download-", dir=root))
+    log.info("CIFAR-10 not found under %s: downloading it from %s", root, CIFAR10.url)
+    try:
+        with _socket_timeout(timeout):
+            download_and_extract_archive(CIFAR10.url, staging, filename=CIFAR10.filename, md5=CIFAR10.tgz_md5)
+        bad = [name for name, md5 in [*CIFAR10.train_list, *CIFAR10.test_list, (CIFAR10.meta["filename"],
+                                                                               CIFAR10.meta["md5"])]
+               if not check_integrity(staging / TORCHVISION_FOLDER / name, md5)]
+        if bad:
+            raise DataError(f"the archive downloaded from {CIFAR10.url} unpacked with wrong or missing files "
+                            f"({', '.join(bad)}); nothing was kept under {root}. Run again to retry.")
+        staging.joinpath(TORCHVISION_FOLDER).rename(target)
+    except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as exc:
+        raise _missing(root, [TORCHVISION_FOLDER, JPEG_FOLDER, JPEG_ARCHIVE],
+                       f"Downloading it from {CIFAR10.url} failed ({exc}): this machine looks offline. Copy "
+                       f"torchvision's {TORCHVISION_FOLDER}/ there from a machine that has it, or use the JPEG copy "
+                       "(cifar10-jpeg.tar.gz) with data=cifar10_jpeg; data.download=false skips the download.") \
+            from exc
+    except RuntimeError as exc:  # torchvision: "File not found or corrupted." (md5 of the archive)
+        if isinstance(exc, DataError):
+            raise
+        raise DataError(f"the download from {CIFAR10.url} was incomplete or corrupted: its md5 is not "
+                        f"{CIFAR10.tgz_md5} ({exc}). Nothing was kept under {root}; run again to retry.") from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
 
 
 class _JpegSource:
@@ -197,6 +257,16 @@ def load(root: str | Path, source: str, cache_dir: str | Path, download: bool = 
     if data is None:
         data = _decode_into(path, src)
     return {**data, "source": concrete, "sha256": digest}
+
+
+def check(root: str | Path, source: str, download: bool = False, sha256: str | None = None) -> str:
+    """Without reading or fetching anything: what `load` would do, or a DataError if it cannot work."""
+    root = Path(root)
+    concrete = resolve_source(root, source)
+    _source(root, concrete, download, sha256).check()
+    if concrete == "torchvision" and not (root / TORCHVISION_FOLDER).is_dir():
+        return f"download CIFAR-10 into {root / TORCHVISION_FOLDER}"
+    return f"read CIFAR-10 ({concrete}) from {root}"
 
 
 def prepare(root: str | Path, source: str, cache_dir: str | Path, download: bool = False,

@@ -6,6 +6,10 @@ with `--launcher slurm` as one SLURM job array, waiting for it before drawing.
     bnlab-figure all --scale paper --seeds 3 --train   # every figure, training what is missing
     bnlab-figure lp-training --scale smoke train.steps=300 --train   # any config override
     bnlab-figure figure4 --train --launcher slurm hydra.launcher.partition=gpu   # hydra.*: the launcher's
+    bnlab-figure --list                                # the figures, what each reproduces, their cost
+
+With BNLAB_DRY_RUN=1 in the environment it checks everything (configs, launcher, data) and says what it
+would train, then stops: `BNLAB_DRY_RUN=1 make reproduce-all SCALE=paper` costs seconds.
 """
 
 from __future__ import annotations
@@ -73,14 +77,24 @@ def _trajectory(cfg) -> str:
     return json.dumps(trajectory_identity(cfg), sort_keys=True)
 
 
-def _expected_cost(cfg) -> float:
-    """Rough relative cost, to start long runs first (measured per-step times on a CPU: the DLN's by norm,
-    VGG's scaled by its width)."""
-    if cfg.model.name == "vgg":
-        per_step = 50.0 * (8 * cfg.model.width) ** 2
-    else:
-        per_step = {"none": 1.5, "batch": 2.6, "l1": 3.9, "l2": 3.9, "linf": 5.0}.get(cfg.norm.kind, 3.0)
-    return cfg.train.steps * per_step * (1.7 if probes_enabled(cfg) else 1.0)
+# Seconds per training step of one run on a 2-core x86 CPU while another run trains beside it (how
+# `make reproduce-* JOBS=2` trains), from the run summaries (wall_time_s / steps) of
+# `make reproduce-all SCALE=smoke` and of the full-width calibration runs. VGG at width 1/8, scaled by
+# width ** VGG_WIDTH_EXPONENT (measured between widths 1/8 and 1; small convolutions do not use the cores
+# fully, so the cost grows slower than width squared).
+STEP_SECONDS = {"vgg": {"none": 0.20, "batch": 0.21, "l1": 0.22, "l2": 0.22, "linf": 0.26},
+                "dln": {"none": 0.008, "batch": 0.009, "l1": 0.020, "l2": 0.020, "linf": 0.022}}
+PROBED_STEP_FACTOR = {"vgg": 1.8, "dln": 3.0}  # probes every 50 steps (smoke) / 100 (paper), averaged
+VGG_WIDTH_EXPONENT = 1.27
+
+
+def estimated_seconds(cfg) -> float:
+    """A run's training time on a 2-core CPU, one of two runs at a time (the cost model above)."""
+    model = cfg.model.name
+    per_step = STEP_SECONDS[model].get(cfg.norm.kind, max(STEP_SECONDS[model].values()))
+    if model == "vgg":
+        per_step *= (cfg.model.width / 0.125) ** VGG_WIDTH_EXPONENT
+    return cfg.train.steps * per_step * (PROBED_STEP_FACTOR[model] if probes_enabled(cfg) else 1.0)
 
 
 def prepare_data(cfgs) -> None:
@@ -97,18 +111,95 @@ def prepare_data(cfgs) -> None:
         cifar10.prepare(d.root, d.source, d.cache_dir, d.download, d.sha256)
 
 
-def _warn_if_slow(cfgs, jobs: int) -> None:
-    """Full-width VGG on a CPU takes hours per run (0.8 s per VGG16 step measured on 2 cores): say so first."""
+def _warn_if_slow(cfgs) -> None:
+    """Full-width VGG on a CPU takes hours per run: say so first."""
     from bnlab.train import resolve_device
 
     heavy = [c for c in cfgs if c.model.name == "vgg" and resolve_device(c.runtime.device).type == "cpu"
              and c.model.width >= 0.5]
     if heavy:
-        hours = sum(c.train.steps * 0.8 * (8 * c.model.width) ** 2 / 64 for c in heavy) / 3600 / jobs
-        took = f"{hours:.0f} hours" if hours >= 1.5 else f"{hours * 60:.0f} minutes"
+        took = _duration(sum(estimated_seconds(c) for c in heavy) / 2)  # two at a time on 2 cores
         print(f"warning: {len(heavy)} VGG runs at width >= 0.5 will train on the CPU (no GPU here): roughly "
-              f"{took}. Paper-scale VGG needs a GPU; SCALE=smoke runs every figure on a CPU.",
+              f"{took} on 2 cores. Paper-scale VGG needs a GPU; SCALE=smoke runs every figure on a CPU.",
               file=sys.stderr, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 5400:
+        return f"{seconds / 3600:.0f} hours"
+    return f"{max(1, round(seconds / 60))} min"
+
+
+def fresh_runs(cfgs) -> list:
+    """The runs `cfgs` need trained from nothing: distinct runs, less the unprobed ones that a probed run
+    of the same trajectory serves."""
+    needed = {str(store.run_dir(cfg)): cfg for cfg in cfgs}
+    probed = {_trajectory(c) for c in needed.values() if probes_enabled(c)}
+    return [c for c in needed.values() if probes_enabled(c) or _trajectory(c) not in probed]
+
+
+def figure_costs(name: str) -> dict:
+    """{scale: {seeds, runs, steps, cpu_seconds}} for the figure at each scale's default seeds, cached under
+    the data cache by a digest of the configs (composing every run's config takes Hydra seconds)."""
+    import hashlib
+
+    from bnlab.config import compose
+    from experiments.common import sweep
+
+    digest = hashlib.sha256()
+    for path in sorted(CONFIG_DIR.rglob("*.yaml")):
+        digest.update(path.read_bytes())
+    digest.update(json.dumps([STEP_SECONDS, PROBED_STEP_FACTOR, VGG_WIDTH_EXPONENT]).encode())
+    cache = Path(os.environ.get("BNLAB_CACHE", "cache")) / "figure-costs" / f"{name}-{digest.hexdigest()[:16]}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    costs = {}
+    for scale in ("smoke", "paper"):
+        seeds = compose([f"scale={scale}"]).scale.seeds
+        runs = fresh_runs(sweep(name, scale, 1))  # seeds repeat the same runs
+        costs[scale] = {"seeds": seeds, "runs": len(runs) * seeds,
+                        "steps": sum(c.train.steps for c in runs) * seeds,
+                        "cpu_seconds": sum(estimated_seconds(c) for c in runs) * seeds}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    store.atomic_write(cache, lambda p: p.write_text(json.dumps(costs)))
+    return costs
+
+
+def list_figures() -> None:
+    """Each figure: what it reproduces (its module's docstring) and its cost at each scale."""
+    import textwrap
+
+    print("bnlab-figure NAME [--scale smoke|paper] --train: the figures, what each reproduces, and the runs it\n"
+          "trains at each scale's default seeds, with their time on a 2-core CPU (two runs at a time; paper-scale\n"
+          "VGG is meant for a GPU). Figures share runs, so `all` costs less than the sum.\n")
+    for name, module_name in _figures().items():
+        module = importlib.import_module(module_name)
+        about = " ".join((module.__doc__ or "").strip().split("\n\n")[0].split())
+        print(name)
+        print(textwrap.fill(about, 110, initial_indent="    ", subsequent_indent="    "))
+        costs = figure_costs(name)
+        for scale, c in costs.items():
+            print(f"    {scale}: {c['runs']} runs ({c['seeds']} seed{'s' if c['seeds'] > 1 else ''}), "
+                  f"{c['steps']:,} steps, about {_duration(c['cpu_seconds'] / 2)} on 2 CPU cores")
+        print(flush=True)
+
+
+def dry_run() -> bool:
+    """BNLAB_DRY_RUN set (and not 0): check and plan, train and draw nothing."""
+    return os.environ.get("BNLAB_DRY_RUN", "0") not in ("", "0")
+
+
+def report_plan(cfgs, launcher: str) -> None:
+    """What `--train` would do, without doing it: the runs, their estimated time, where the data comes from."""
+    from bnlab import cifar10
+
+    needed, stored, twins, todo = plan(cfgs)
+    print(f"dry run: {len(needed)} distinct runs needed, {len(stored)} already in the store, {len(twins)} served by "
+          f"a probed twin, {len(todo)} would train (launcher {launcher}; about "
+          f"{_duration(sum(estimated_seconds(c) for c in todo.values()) / 2)} on 2 CPU cores)")
+    for d in sorted({(c.data.root, c.data.source, c.data.download, c.data.sha256) for c in todo.values()
+                     if c.data.name == "cifar10"}):
+        print(f"  data: would {cifar10.check(*d)}")
 
 
 def plan(cfgs) -> tuple[dict, set, set, dict]:
@@ -136,14 +227,14 @@ def train_missing(cfgs, jobs: int, launcher: str = "local", launcher_overrides=(
     if not todo:
         return
     containers = []
-    for cfg in sorted(todo.values(), key=_expected_cost, reverse=True):  # longest first: no idle core at the end
+    for cfg in sorted(todo.values(), key=estimated_seconds, reverse=True):  # longest first: no idle core at the end
         c = OmegaConf.to_container(cfg)
         c["runtime"]["progress"] = launcher == "local" and jobs == 1 and sys.stderr.isatty()
         containers.append(c)
     if launcher != "local":
         launch(containers, launcher, list(launcher_overrides), name, pack)
         return
-    _warn_if_slow(todo.values(), jobs)
+    _warn_if_slow(todo.values())
     from bnlab.stack import stack_groups
 
     groups = stack_groups(containers)  # DLN runs that differ only in seed train as one stacked model
@@ -237,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     figures = _figures()
     parser = argparse.ArgumentParser(prog="bnlab-figure", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("name", help=f"a figure ({', '.join(figures)}) or 'all'")
+    parser.add_argument("name", nargs="?", help=f"a figure ({', '.join(figures)}) or 'all'")
     parser.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. train.steps=300")
     parser.add_argument("--scale", default="paper", help="smoke or paper (default: paper)")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per config (default: the scale's)")
@@ -248,7 +339,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--launcher", default="local", choices=launchers(),
                         help="local: train here, --jobs at a time; slurm: one SLURM job array (configs/hydra/launcher)")
     parser.add_argument("--out", type=Path, default=Path("results"), help="results folder (default: results)")
+    parser.add_argument("--list", action="store_true",
+                        help="list the figures: what each reproduces and its cost at each scale")
     args = parser.parse_intermixed_args(argv)
+    if args.list:
+        list_figures()
+        return 0
+    if args.name is None:
+        parser.error("name a figure, or 'all' (bnlab-figure --list shows them)")
 
     names = list(figures) if args.name == "all" else [args.name]
     unknown = [n for n in names if n not in figures]
@@ -273,13 +371,17 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         check_launcher(args.launcher, launcher_overrides)
-        scale_cfg = compose([f"scale={args.scale}", *run_overrides])
+        # the scale's own settings only: other overrides may name keys of one model's configs (data.download)
+        scale_cfg = compose([f"scale={args.scale}", *[o for o in run_overrides if o.startswith("scale.")]])
         seeds = args.seeds if args.seeds is not None else scale_cfg.scale.seeds
         if seeds < 1:
             parser.error(f"--seeds must be at least 1, got {seeds}")
         cfgs = {n: sweep(n, args.scale, seeds, run_overrides) for n in names}
         for cfg in (c for group in cfgs.values() for c in group):
             validate(cfg)  # every run checked before any of them starts
+        if dry_run():
+            report_plan([c for group in cfgs.values() for c in group], args.launcher)
+            return 0
         if args.train:
             train_missing([c for group in cfgs.values() for c in group], args.jobs, args.launcher,
                           launcher_overrides, args.name, args.pack)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import hydra
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 import bnlab
@@ -390,7 +390,9 @@ def _hydra_main(cfg: DictConfig) -> None:
     from bnlab.cifar10 import DataError
 
     try:
-        if cfg.runtime.get("run_list"):
+        if os.environ.get("BNLAB_DRY_RUN", "0") not in ("", "0"):
+            _dry_run(cfg)
+        elif cfg.runtime.get("run_list"):
             train_together(listed_runs(cfg))
         else:
             run(cfg)
@@ -399,7 +401,35 @@ def _hydra_main(cfg: DictConfig) -> None:
         sys.exit(2)
 
 
+def _dry_run(cfg: DictConfig) -> None:
+    """Check the run (config, data) and say where it would go, without training it."""
+    from bnlab import cifar10
+
+    configs = [OmegaConf.create(c) for c in listed_runs(cfg)] if cfg.runtime.get("run_list") else [resolved(cfg)]
+    for c in configs:
+        validate(c)
+        data = f"; would {cifar10.check(c.data.root, c.data.source, c.data.download, c.data.sha256)}" \
+            if c.data.name == "cifar10" else ""
+        done = store.is_finished(store.find_run(c))
+        print(f"dry run: {'finished already' if done else 'would train'} {store.run_dir(c)}{data}", flush=True)
+
+
+def _without_launcher(argv: list[str]) -> list[str]:
+    """For a dry run: check that the launcher's overrides compose, then drop them, so that Hydra's basic
+    launcher runs each job of the sweep here (as a dry run) instead of submitting it."""
+    from bnlab.config import compose
+
+    launcher = [a for a in argv if a.startswith(("hydra/launcher=", "hydra.launcher."))]
+    if launcher:
+        compose(launcher, with_hydra=True)
+        print(f"dry run: the launcher ({' '.join(launcher)}) composes; its jobs are checked here instead",
+              flush=True)
+    return [a for a in argv if a not in launcher]
+
+
 def main() -> None:
+    if os.environ.get("BNLAB_DRY_RUN", "0") not in ("", "0"):
+        sys.argv = [sys.argv[0], *_without_launcher(sys.argv[1:])]
     _hydra_main()
 
 

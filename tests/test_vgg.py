@@ -122,7 +122,7 @@ def test_missing_data_fails_before_training(runs_dir, tmp_path, monkeypatch):
 
     monkeypatch.setenv("BNLAB_DATA", str(tmp_path / "nothing-here"))
     with pytest.raises(DataError, match="CIFAR-10 not found"):
-        run(compose([*TINY_VGG, "norm=batch"]))
+        run(compose([*TINY_VGG, "norm=batch", "data.download=false"]))
     assert not list(runs_dir.rglob("metrics.parquet"))
 
 
@@ -147,7 +147,8 @@ def test_bnlab_train_reports_missing_data_without_a_traceback(tmp_path):
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "bnlab.train", "model=vgg", f"data.root={tmp_path}/none", "logger=none",
+    out = subprocess.run([sys.executable, "-m", "bnlab.train", "model=vgg", f"data.root={tmp_path}/none",
+                          "data.download=false", "logger=none",
                           f"runtime.runs_dir={tmp_path}/runs"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert "bnlab-train: CIFAR-10 not found" in out.stderr and "Traceback" not in out.stderr

@@ -1,0 +1,94 @@
+"""What a newcomer meets first: `make help`, `bnlab-figure --list`, and dry runs (BNLAB_DRY_RUN=1) that
+check a command without training anything."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bnlab import figure_cli
+from bnlab.config import compose
+from experiments import FIGURES
+from experiments.common import sweep
+
+ROOT = Path(__file__).parents[1]
+
+
+def test_make_help_lists_every_target_with_one_line():
+    makefile = (ROOT / "Makefile").read_text()
+    targets = set(re.findall(r"^([a-z%][a-z%-]*):", makefile, flags=re.M))
+    out = subprocess.run(["make", "-s", "help"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    listed = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
+    assert targets == set(listed), f"make help misses {targets - set(listed)}"
+    assert all(len(line.split(None, 1)) == 2 for line in listed.values())  # each with its description
+    assert subprocess.run(["make", "-s"], cwd=ROOT, capture_output=True, text=True).stdout == out  # the default
+
+
+def test_list_shows_each_figure_with_what_it_reproduces_and_its_cost(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("BNLAB_CACHE", str(tmp_path))
+    monkeypatch.setattr(figure_cli, "_figures", lambda: {k: FIGURES[k] for k in ("figure1", "dln-landscape")})
+    assert figure_cli.main(["--list"]) == 0
+    out = capsys.readouterr().out
+    assert "Figure 1: VGG with and without BatchNorm" in out and "Figure 10: loss landscape" in out
+    for name in ("figure1", "dln-landscape"):
+        for scale in ("smoke", "paper"):
+            seeds = compose([f"scale={scale}"]).scale.seeds
+            runs = sweep(name, scale, seeds)
+            assert f"{scale}: {len(runs)} runs ({seeds} seed" in out.split(f"\n{name}\n")[1].split("\n\n")[0]
+            assert f"{sum(c.train.steps for c in runs):,} steps" in out
+    # the costs are cached by a digest of the configs: a second listing reads them back
+    cached = sorted(p.name for p in (tmp_path / "figure-costs").iterdir())
+    assert len(cached) == 2
+    figure_cli.main(["--list"])
+    assert capsys.readouterr().out == out
+
+
+def test_fresh_runs_drops_duplicates_and_unprobed_twins():
+    probed = compose(["model=dln", "scale=smoke", "train.steps=10"])
+    unprobed = compose(["model=dln", "scale=smoke", "train.steps=10", "probes=none"])
+    other = compose(["model=dln", "scale=smoke", "train.steps=10", "probes=none", "seed=1"])
+    assert [c.seed for c in figure_cli.fresh_runs([probed, unprobed, probed, other])] == [0, 1]
+    assert len(figure_cli.fresh_runs([unprobed])) == 1  # alone, the unprobed run is trained
+
+
+def test_estimated_seconds_follows_steps_width_and_probes():
+    base = ["model=vgg", "scale=smoke", "probes=none", "norm=batch"]
+    small, wide = compose([*base, "train.steps=100"]), compose([*base, "train.steps=100", "model.width=1.0"])
+    assert figure_cli.estimated_seconds(compose([*base, "train.steps=200"])) == pytest.approx(
+        2 * figure_cli.estimated_seconds(small))
+    assert figure_cli.estimated_seconds(wide) == pytest.approx(
+        figure_cli.estimated_seconds(small) * 8 ** figure_cli.VGG_WIDTH_EXPONENT)
+    probed = compose(["model=vgg", "scale=smoke", "norm=batch", "train.steps=100"])
+    assert figure_cli.estimated_seconds(probed) == pytest.approx(
+        figure_cli.estimated_seconds(small) * figure_cli.PROBED_STEP_FACTOR["vgg"])
+
+
+def test_figure_dry_run_plans_without_training_or_touching_the_data(runs_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("BNLAB_DRY_RUN", "1")
+    monkeypatch.setenv("BNLAB_DATA", str(tmp_path / "no-data"))
+    assert figure_cli.main(["figure1", "--scale", "smoke", "--train", "--out", str(tmp_path / "results")]) == 0
+    out = capsys.readouterr().out
+    assert "dry run: 4 distinct runs needed, 0 already in the store, 0 served by a probed twin, 4 would train" in out
+    assert f"would download CIFAR-10 into {tmp_path / 'no-data' / 'cifar-10-batches-py'}" in out
+    assert not (tmp_path / "no-data").exists() and not (tmp_path / "results").exists()
+    assert not list(runs_dir.rglob("*.parquet"))
+    # a dry run still fails on what a real one would fail on, with the same message
+    assert figure_cli.main(["figure1", "--scale", "smoke", "--train", "data.download=false"]) == 2
+    assert "CIFAR-10 not found" in capsys.readouterr().err
+
+
+def test_train_dry_run_checks_the_launcher_and_submits_nothing(tmp_path):
+    env = {**os.environ, "BNLAB_DRY_RUN": "1", "BNLAB_RUNS": str(tmp_path / "runs")}
+    command = [sys.executable, "-m", "bnlab.train", "-m", "model=dln", "scale=smoke", "seed=0,1",
+               "hydra/launcher=slurm", "hydra.launcher.partition=gpu", f"hydra.sweep.dir={tmp_path}/sweep"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "the launcher (hydra/launcher=slurm hydra.launcher.partition=gpu) composes" in done.stdout
+    assert len(re.findall(r"dry run: would train .*/smoke/dln-none-lr1e-06-seed[01]-", done.stdout)) == 2
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "sweep" / ".submitit").exists()
+    bad = subprocess.run([*command[:-2], "hydra.launcher.partiton=gpu"], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert bad.returncode != 0 and "partiton" in bad.stderr
