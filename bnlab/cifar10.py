@@ -143,6 +143,7 @@ def download(root: str | Path, timeout: float = DOWNLOAD_TIMEOUT) -> Path:
 
     root = Path(root)
     target = root / TORCHVISION_FOLDER
+    created_root = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".cifar10-download-", dir=root))
     log.info("CIFAR-10 not found under %s: downloading it from %s", root, CIFAR10.url)
@@ -155,7 +156,8 @@ def download(root: str | Path, timeout: float = DOWNLOAD_TIMEOUT) -> Path:
         if bad:
             raise DataError(f"the archive downloaded from {CIFAR10.url} unpacked with wrong or missing files "
                             f"({', '.join(bad)}); nothing was kept under {root}. Run again to retry.")
-        staging.joinpath(TORCHVISION_FOLDER).rename(target)
+        if not target.is_dir():  # another process may have finished the same download first
+            staging.joinpath(TORCHVISION_FOLDER).rename(target)
     except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as exc:
         raise _missing(root, [TORCHVISION_FOLDER, JPEG_FOLDER, JPEG_ARCHIVE],
                        f"Downloading it from {CIFAR10.url} failed ({exc}): this machine looks offline. Copy "
@@ -169,6 +171,8 @@ def download(root: str | Path, timeout: float = DOWNLOAD_TIMEOUT) -> Path:
                         f"{CIFAR10.tgz_md5} ({exc}). Nothing was kept under {root}; run again to retry.") from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if created_root and not any(root.iterdir()):
+            root.rmdir()  # a failed download leaves no trace, not even the folder it made
     return target
 
 

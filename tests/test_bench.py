@@ -36,7 +36,7 @@ def test_step_kinds_are_those_a_trained_run_logs(tiny_cifar, tmp_path):
 
 
 def vgg16_flops_by_hand(width: float, batch: int, image: int = 32) -> int:
-    """Multiply-adds of VGG16's 3x3 convolutions (padding 1) and classifier, 2 FLOPs each: the forward
+    """Multiply-adds of VGG16's 3x3 convolutions (padding 1) and classifier (512-512-10), 2 FLOPs each: the forward
     pass once, the backward pass twice (the gradients of the inputs and of the weights), except the first
     convolution, whose input (the images) needs no gradient."""
     layers, size, channels, forward, first = bench.VGG("vgg16", width).features, image, 3, 0, None
@@ -49,6 +49,7 @@ def vgg16_flops_by_hand(width: float, batch: int, image: int = 32) -> int:
         first = flops if first is None else first
         forward += flops
         channels = out
+    forward += 2 * (2 * batch * channels * channels)  # the fc head's two hidden layers (the default head)
     forward += 2 * batch * channels * 10
     return 3 * forward - first
 

@@ -48,7 +48,7 @@ def test_fc_head_is_two_normalized_hidden_layers_then_the_output(norm):
 
 def test_conv_bias_can_be_forced_either_way():
     with_bn = VGG("vgg11", 0.125, norm_kind="batch", conv_bias=True)
-    plain = VGG("vgg11", 0.125, norm_kind="none", conv_bias=False)
+    plain = VGG("vgg11", 0.125, norm_kind="none", conv_bias=False, head="linear")
     assert all(m.conv.bias is not None for m in with_bn.features if hasattr(m, "conv"))
     assert all(m.conv.bias is None for m in plain.features if hasattr(m, "conv"))
     assert plain.classifier.bias is not None  # the output layer has no norm to stand in for a bias

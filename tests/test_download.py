@@ -73,8 +73,12 @@ def test_truncated_transfer_is_rejected_and_leaves_nothing(archive_server, tmp_p
     with pytest.raises(DataError, match="incomplete or corrupted") as err:
         cifar10.prepare(root, "auto", tmp_path / "cache", download=True)
     assert "run again" in str(err.value)
-    assert list(root.iterdir()) == []  # no half archive, no half-unpacked folder
+    assert not root.exists()  # no half archive, no half-unpacked folder, not even the folder it made
     assert not (tmp_path / "cache").exists()
+    root.mkdir()  # a folder that was there stays, empty
+    with pytest.raises(DataError, match="incomplete or corrupted"):
+        cifar10.prepare(root, "auto", tmp_path / "cache", download=True)
+    assert list(root.iterdir()) == []
 
 
 def test_server_down_gives_the_offline_message(archive_server, tmp_path, monkeypatch):
@@ -91,7 +95,7 @@ def test_server_down_gives_the_offline_message(archive_server, tmp_path, monkeyp
     for needed in ("CIFAR-10 not found", str(root / "cifar-10-batches-py"), "offline", "cifar10-jpeg.tar.gz",
                    "data=cifar10_jpeg", "BNLAB_DATA", "data.download=false"):
         assert needed in message
-    assert list(root.iterdir()) == []
+    assert not root.exists()
 
 
 def test_no_download_when_told_not_to(archive_server, tmp_path):

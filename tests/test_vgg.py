@@ -19,10 +19,11 @@ NORM_TYPES = {"none": nn.Identity, "batch": BatchNorm, "l1": LpNorm, "l2": LpNor
 @pytest.mark.parametrize("depth", list(LAYOUTS))
 @pytest.mark.parametrize("norm", list(NORM_TYPES))
 def test_shapes_numbering_and_biases(depth, norm):
-    model = VGG(depth, width=0.125, norm_kind=norm, init="glorot_uniform")
+    model = VGG(depth, width=0.125, norm_kind=norm, init="glorot_uniform", head="linear")  # the SPEC's layout
     assert model(torch.randn(4, 3, 32, 32)).shape == (4, 10)
     layers = probes.numbered_layers(model)
-    assert len(layers) == CONVS[depth] + 1 == num_layers(compose(["model=vgg", f"model.depth={depth}"]))
+    assert len(layers) == CONVS[depth] + 1 == num_layers(compose(["model=vgg", f"model.depth={depth}",
+                                                                  "model.head=linear"]))
     assert all(isinstance(m, nn.Conv2d) for _, m in layers[:-1]) and layers[-1][0] == "classifier"
     numbers = model.activation_modules()
     assert sorted(numbers) == list(range(1, CONVS[depth] + 2))
@@ -36,11 +37,11 @@ def test_shapes_numbering_and_biases(depth, norm):
 
 
 def test_vgg16_layout_and_width_multiplier():
-    full = VGG("vgg16", 1.0)
+    full = VGG("vgg16", 1.0, head="linear")
     channels = [m.out_channels for _, m in probes.numbered_layers(full)[:-1]]
     assert channels == [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
     assert full.classifier.in_features == 512
-    narrow = [m.out_channels for _, m in probes.numbered_layers(VGG("vgg16", 0.125))[:-1]]
+    narrow = [m.out_channels for _, m in probes.numbered_layers(VGG("vgg16", 0.125, head="linear"))[:-1]]
     assert narrow == [c // 8 for c in channels]
     with pytest.raises(ValueError, match="vgg16"):
         VGG("vgg15")
@@ -71,7 +72,7 @@ def test_config_rejects_impossible_vgg_settings():
     for overrides, key in ((["model.depth=vgg15"], "model.depth"), (["model.width=0"], "model.width"),
                            (["data=gaussian"], "data"), (["data.source=ftp"], "data.source"),
                            (["data.train_subset=100"], "data.train_subset"),
-                           (["probes.ics.layers=[15]"], "probes.ics.layers")):
+                           (["probes.ics.layers=[17]"], "probes.ics.layers")):
         with pytest.raises(ConfigError) as err:
             validate(compose(["model=vgg", *overrides]))
         assert err.value.key == key
@@ -96,9 +97,9 @@ def test_tiny_vgg_run_trains_evaluates_and_probes(tiny_cifar, runs_dir):
     assert sorted(m[m.metric == "eval_test_accuracy"].step) == [0, 4, 6]  # interval, and the trained model
     assert summary["final_eval_test_accuracy"] == m[m.metric == "eval_test_accuracy"].value.iloc[-1]
     assert m[m.metric == "accuracy"].value.between(0, 100).all() and len(m[m.metric == "accuracy"]) == 6
-    assert sorted(m[m.metric == "ics_cos"].layer.unique()) == list(range(1, 15))  # every layer, the classifier too
+    assert sorted(m[m.metric == "ics_cos"].layer.unique()) == list(range(1, 17))  # every layer, the fc head's too
     assert m.metric.str.startswith("grad_diff@").sum() == 2 * 8
-    assert set(m[m.metric == "bn_sigma_median"].layer) == set(range(1, 14))
+    assert set(m[m.metric == "bn_sigma_median"].layer) == set(range(1, 16))  # every BatchNorm: 13 convs, 2 fc
     act_steps = sorted(m[m.metric.str.startswith("act_mean")].step.unique())
     assert act_steps == [0, 1, 3, 4]  # each probe step and the one after it (figure 8)
     assert set(m[m.metric.str.startswith("act_q")].layer) == {2, 3, 9, 11, 13}
@@ -138,7 +139,7 @@ def test_vgg_defaults_follow_the_spec():
     assert compose(["model=vgg", "data=cifar10_jpeg"]).data.source == "jpeg"
     # calibrated (README, "Calibrating the baselines"); the SPEC's literal reading is one override away
     assert (cfg.model.init, cfg.model.head, cfg.model.conv_bias, data.input_scale) == (
-        "he_normal", "linear", "auto", "standardize")
+        "he_normal", "fc", "auto", "standardize")
     assert build_model(compose(["model=vgg", "model.init=glorot_uniform", "model.width=0.125"])).features[0].conv \
         .weight.abs().max() <= (6 / ((3 + 8) * 9)) ** 0.5
 

@@ -74,7 +74,7 @@ class VGG(nn.Module):
     """
 
     def __init__(self, depth: str = "vgg16", width: float = 1.0, norm_kind: str = "none", num_classes: int = 10,
-                 init: str = "he_normal", head: str = "linear", conv_bias="auto", **norm_kwargs):
+                 init: str = "he_normal", head: str = "fc", conv_bias="auto", **norm_kwargs):
         super().__init__()
         if depth not in LAYOUTS:
             raise ValueError(f"model.depth: unknown VGG {depth!r}; allowed: {', '.join(LAYOUTS)}")
