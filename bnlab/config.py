@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -187,6 +188,11 @@ def identity(cfg: DictConfig) -> dict:
     for other in [k for k, v in scale.items() if isinstance(v, dict) and k != model]:
         scale.pop(other)
     return container
+
+
+def dry_run() -> bool:
+    """BNLAB_DRY_RUN set (and not 0): bnlab-train and bnlab-figure check and plan, and train nothing."""
+    return os.environ.get("BNLAB_DRY_RUN", "0") not in ("", "0")
 
 
 def probes_enabled(cfg: DictConfig) -> bool:

@@ -28,7 +28,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from bnlab import store
-from bnlab.config import CONFIG_DIR, probes_enabled, trajectory_identity
+from bnlab.config import CONFIG_DIR, dry_run, probes_enabled, trajectory_identity
 from bnlab.jobcontrol import die_with_parent
 
 
@@ -185,11 +185,6 @@ def list_figures() -> None:
             print(f"    {scale}: {c['runs']} runs ({c['seeds']} seed{'s' if c['seeds'] > 1 else ''}), "
                   f"{c['steps']:,} steps, about {_duration(c['cpu_seconds'] / 2)} on 2 CPU cores")
         print(flush=True)
-
-
-def dry_run() -> bool:
-    """BNLAB_DRY_RUN set (and not 0): check and plan, train and draw nothing."""
-    return os.environ.get("BNLAB_DRY_RUN", "0") not in ("", "0")
 
 
 def report_plan(cfgs, launcher: str) -> None:

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 import bnlab
 from bnlab import checkpoint, runlock, store
-from bnlab.config import CONFIG_DIR, ConfigError, identity, resolved, run_key, validate
+from bnlab.config import CONFIG_DIR, ConfigError, dry_run, identity, resolved, run_key, validate
 from bnlab.data import build_data
 from bnlab.jobcontrol import StopSignals, slurm_job, train_together
 from bnlab.metrics import MetricRows
@@ -390,7 +390,7 @@ def _hydra_main(cfg: DictConfig) -> None:
     from bnlab.cifar10 import DataError
 
     try:
-        if os.environ.get("BNLAB_DRY_RUN", "0") not in ("", "0"):
+        if dry_run():
             _dry_run(cfg)
         elif cfg.runtime.get("run_list"):
             train_together(listed_runs(cfg))
@@ -428,7 +428,7 @@ def _without_launcher(argv: list[str]) -> list[str]:
 
 
 def main() -> None:
-    if os.environ.get("BNLAB_DRY_RUN", "0") not in ("", "0"):
+    if dry_run():
         sys.argv = [sys.argv[0], *_without_launcher(sys.argv[1:])]
     _hydra_main()
 
