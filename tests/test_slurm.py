@@ -142,7 +142,7 @@ def test_runs_packed_in_one_task_all_checkpoint_on_the_signal_and_resume_identic
     output = figure.communicate(timeout=max(1, deadline - time.time()))[0]
     assert figure.returncode == 0, output
 
-    stopped = stop_steps(next((runs / "hydra").glob("*-dln-landscape-slurm")) / ".submitit")
+    stopped = stop_steps(next((runs / "hydra").glob("*-dln-landscape-slurm_local")) / ".submitit")
     for directory in directories:
         summary = store.read_summary(directory)
         assert 1000 < stopped[directory.name] < 3000
