@@ -421,7 +421,13 @@ def _without_launcher(argv: list[str]) -> list[str]:
 
     launcher = [a for a in argv if a.startswith(("hydra/launcher=", "hydra.launcher."))]
     if launcher:
-        compose(launcher, with_hydra=True)
+        try:
+            compose(launcher, with_hydra=True)
+        except Exception as exc:  # Hydra's composition errors name the bad group or key
+            if not type(exc).__module__.startswith(("hydra", "omegaconf")):
+                raise
+            print(f"bnlab-train: {exc}", file=sys.stderr)
+            sys.exit(2)
         print(f"dry run: the launcher ({' '.join(launcher)}) composes; its jobs are checked here instead",
               flush=True)
     return [a for a in argv if a not in launcher]
