@@ -16,6 +16,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from bnlab.data.cifar10 import SOURCES, resolve_source
+from bnlab.data.datasets import INPUT_SCALES
+from bnlab.models import MODELS, num_layers
+from bnlab.models.vgg import CONV_BIAS, HEADS, INITS, LAYOUTS
+from bnlab.norms import NORM_KINDS
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 NOT_IDENTITY = ("runtime", "logger", "experiment_name", "hydra")
 DATA_LOCATION = ("root", "cache_dir", "download", "sha256")
@@ -51,8 +57,6 @@ def resolved(cfg: DictConfig) -> DictConfig:
     container.pop("hydra", None)
     data = container.get("data", {})
     if data.get("source") == "auto":
-        from bnlab.cifar10 import resolve_source
-
         data["source"] = resolve_source(Path(data["root"]), "auto")
     out = OmegaConf.create(container)
     OmegaConf.set_struct(out, True)
@@ -73,9 +77,6 @@ def _positive(cfg, key: str, integer: bool = False):
 
 def validate(cfg: DictConfig) -> None:
     """Fail fast, before any work, on values that cannot work."""
-    from bnlab.models import MODELS, num_layers
-    from bnlab.norms import NORM_KINDS
-
     _check(cfg.model.name in MODELS, "model.name", cfg.model.name, ", ".join(MODELS))
     _check(cfg.norm.kind in NORM_KINDS, "norm.kind", cfg.norm.kind, ", ".join(NORM_KINDS))
     _check(isinstance(cfg.seed, int) and cfg.seed >= 0, "seed", cfg.seed, "an integer >= 0")
@@ -106,10 +107,6 @@ def validate(cfg: DictConfig) -> None:
 
 
 def _validate_vgg(cfg):
-    from bnlab.cifar10 import SOURCES
-    from bnlab.data import INPUT_SCALES
-    from bnlab.models.vgg import CONV_BIAS, HEADS, INITS, LAYOUTS
-
     _check(cfg.data.name == "cifar10", "data", cfg.data.name, "cifar10, cifar10_jpeg (VGG trains on CIFAR-10)")
     _check(cfg.model.depth in LAYOUTS, "model.depth", cfg.model.depth, ", ".join(LAYOUTS))
     _positive(cfg, "model.width")

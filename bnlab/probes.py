@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bnlab.norms import BatchNorm
+from bnlab.util.rng import rng_state, set_rng_state
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 DEFAULT_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -82,8 +83,7 @@ class _Measurement:
         self.modes = [(m, m.training) for m in self.model.modules()]
         self.buffers = [(b, b.detach().clone()) for b in self.model.buffers()]
         self.params = [(p, p.detach().clone()) for p in self.model.parameters()]
-        self.cpu_rng = torch.random.get_rng_state()
-        self.cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        self.rng = rng_state(self.device)
         self.tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
         self.model.train()
@@ -91,9 +91,7 @@ class _Measurement:
 
     def replay(self):
         """Reset the random generators to the state they had when the measurement began."""
-        torch.random.set_rng_state(self.cpu_rng)
-        if self.cuda_rng is not None:
-            torch.cuda.set_rng_state(self.cuda_rng, self.device)
+        set_rng_state(self.rng, self.device)
 
     def __exit__(self, *exc):
         with torch.no_grad():

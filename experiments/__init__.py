@@ -1,19 +1,23 @@
-"""One module per figure of the paper (SPEC section 4): the runs it needs (configs/experiment/<name>.yaml),
-how it is drawn, and the claims it checks. `FIGURES` maps figure names to modules."""
+"""Layer 8, the top: the paper's figures. One module per figure (SPEC section 4), named after its experiment
+config (`configs/experiment/lp-training.yaml` -> `experiments/lp_training.py`): the runs it needs are that
+config's sweep, and the module draws the figure (`draw(runs, path)`), judges the claims it checks
+(`claims(runs)`) and says where it stands in the paper (`ORDER`). Shared helpers are in `experiments.lib`
+(loading runs, plotting, claims, reports); `bnlab-figure` is `experiments.cli`."""
 
-FIGURES = {
-    "figure1": "experiments.figure1",
-    "figure2": "experiments.figure2",
-    "figure3": "experiments.figure3",
-    "figure4": "experiments.figure4",
-    "lp-training": "experiments.lp_training",
-    "lp-activations": "experiments.lp_activations",
-    "noisy-moments": "experiments.noisy_moments",
-    "dln-activations": "experiments.dln_activations",
-    "dln-landscape": "experiments.dln_landscape",
-    "gradient-predictiveness": "experiments.gradient_predictiveness",
-    "lp-landscape-vgg": "experiments.lp_landscape_vgg",
-    "lp-landscape-dln": "experiments.lp_landscape_dln",
-    "lr-sensitivity": "experiments.lr_sensitivity",
-    "bn-scale": "experiments.bn_scale",
-}
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from bnlab.config import CONFIG_DIR
+
+
+def figure_module(name: str) -> ModuleType:
+    """The module of figure `name` (the stem of its configs/experiment YAML)."""
+    return importlib.import_module(f"experiments.{name.replace('-', '_')}")
+
+
+def figure_names() -> list[str]:
+    """Every figure, one per configs/experiment YAML, in the paper's order (each module's ORDER)."""
+    names = [p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml")]
+    return sorted(names, key=lambda name: (figure_module(name).ORDER, name))

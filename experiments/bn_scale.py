@@ -7,7 +7,11 @@ contribute to the flatness it measures."""
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments.common import Claim, by_model, select, spread, steps_axis
+from experiments.lib.claims import Claim, spread
+from experiments.lib.plotting import steps_axis
+from experiments.lib.runs import by_model, select
+
+ORDER = 15  # where it stands in the paper: section 4
 
 PANELS = (("bn_sigma_median", "σ_j (median over units)"), ("bn_gain_median", "γ_j / σ_j (median over units)"))
 

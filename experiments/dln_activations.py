@@ -5,7 +5,10 @@ unit's values over the batch at each probe step."""
 import matplotlib.pyplot as plt
 
 from bnlab import store
-from experiments.common import NORM_STYLE, select, steps_axis
+from experiments.lib.plotting import NORM_STYLE, steps_axis
+from experiments.lib.runs import select
+
+ORDER = 9  # where it stands in the paper: Figure 9 of the paper
 
 NORMS = ("none", "batch")
 BANDS = ((0.02, 0.98, 0.15), (0.1, 0.9, 0.25), (0.25, 0.75, 0.4))

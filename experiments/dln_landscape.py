@@ -1,7 +1,9 @@
 """Figure 10: loss landscape, gradient predictiveness and effective beta-smoothness of the DLN.
 Claim 5 (DLN part): BN's measures are smaller than standard's, early in training above all."""
 
-from experiments.landscape import standard_vs_bn_claims, standard_vs_bn_figure
+from experiments.lib.landscape import standard_vs_bn_claims, standard_vs_bn_figure
+
+ORDER = 10  # where it stands in the paper: Figure 10 of the paper
 
 
 def draw(runs, path):

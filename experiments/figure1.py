@@ -5,16 +5,12 @@ faster at lr 0.1; at lr 0.5 the standard network fails (about 10% accuracy) whil
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments.activations import ridge
-from experiments.common import (
-    NORM_STYLE,
-    Claim,
-    accuracy_panel,
-    checkpoint_accuracies,
-    select,
-    spread,
-    steps_to_reach,
-)
+from experiments.lib.activations import ridge
+from experiments.lib.claims import Claim, checkpoint_accuracies, spread, steps_to_reach
+from experiments.lib.plotting import NORM_STYLE, accuracy_panel
+from experiments.lib.runs import select
+
+ORDER = 1  # where it stands in the paper: Figure 1 of the paper
 
 NORMS = ("none", "batch")
 LAYERS = (3, 11)

@@ -6,16 +6,12 @@ noise stops a network without BatchNorm from training."""
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments.activations import ridge
-from experiments.common import (
-    NORM_STYLE,
-    Claim,
-    accuracy_panel,
-    checkpoint_accuracies,
-    final_train_accuracy,
-    select,
-    spread,
-)
+from experiments.lib.activations import ridge
+from experiments.lib.claims import Claim, checkpoint_accuracies, final_train_accuracy, spread
+from experiments.lib.plotting import NORM_STYLE, accuracy_panel
+from experiments.lib.runs import select
+
+ORDER = 2  # where it stands in the paper: Figure 2 of the paper
 
 NORMS = ("none", "batch", "noisy_batch")
 LAYERS = (2, 9, 13)

@@ -6,7 +6,11 @@ network's cosine stays near 1 while BN's is far lower and its l2-difference high
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments.common import NORM_STYLE, Claim, accuracy_panel, by_model, mean_band, select, spread, steps_axis
+from experiments.lib.claims import Claim, spread
+from experiments.lib.plotting import NORM_STYLE, accuracy_panel, mean_band, steps_axis
+from experiments.lib.runs import by_model, select
+
+ORDER = 3  # where it stands in the paper: Figure 3 of the paper
 
 LAYERS = {"vgg": (5, 10), "dln": (9, 17)}
 NORMS = ("none", "batch")

@@ -2,7 +2,9 @@
 beta-smoothness, standard vs BatchNorm. Claim 5 (VGG part): BN's are smaller and less spiky, early in
 training above all."""
 
-from experiments.landscape import standard_vs_bn_claims, standard_vs_bn_figure
+from experiments.lib.landscape import standard_vs_bn_claims, standard_vs_bn_figure
+
+ORDER = 4  # where it stands in the paper: Figure 4 of the paper
 
 
 def draw(runs, path):

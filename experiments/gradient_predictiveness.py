@@ -6,8 +6,12 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments.common import NORM_STYLE, Claim, by_model, geomean, select, spread
-from experiments.landscape import UPPER, landscape_measures
+from experiments.lib.claims import Claim, geomean, spread
+from experiments.lib.landscape import UPPER, landscape_measures
+from experiments.lib.plotting import NORM_STYLE
+from experiments.lib.runs import by_model, select
+
+ORDER = 11  # where it stands in the paper: Figure 11 of the paper
 
 NORMS = ("none", "batch")
 PAPER = {"vgg": "Fig 11a: standard up to about 250, BN mostly below about 40",

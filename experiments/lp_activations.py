@@ -4,9 +4,12 @@ normalizations do not keep the distributions stable either, yet train as well as
 
 import matplotlib.pyplot as plt
 
-from experiments.activations import ridge
-from experiments.common import NORM_STYLE, select
+from experiments.lib.activations import ridge
+from experiments.lib.plotting import NORM_STYLE
+from experiments.lib.runs import select
 from experiments.lp_training import NORMS
+
+ORDER = 6  # where it stands in the paper: Figure 6 of the paper
 
 LAYER = 11
 

@@ -1,8 +1,10 @@
 """Figure 13: training loss and landscape measures of the DLN for every normalization.
 Claim 6 (landscape part): every l_p normalization smooths the landscape like BatchNorm does."""
 
-from experiments.landscape import every_norm_claims, every_norm_figure
+from experiments.lib.landscape import every_norm_claims, every_norm_figure
 from experiments.lp_training import NORMS, draw_loss_panel
+
+ORDER = 13  # where it stands in the paper: Figure 13 of the paper
 
 
 def draw(runs, path):

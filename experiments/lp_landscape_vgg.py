@@ -1,9 +1,11 @@
 """Figure 12: training accuracy and landscape measures of VGG for every normalization.
 Claim 6 (landscape part): every l_p normalization smooths the landscape like BatchNorm does."""
 
-from experiments.common import accuracy_panel
-from experiments.landscape import every_norm_claims, every_norm_figure
+from experiments.lib.landscape import every_norm_claims, every_norm_figure
+from experiments.lib.plotting import accuracy_panel
 from experiments.lp_training import NORMS
+
+ORDER = 12  # where it stands in the paper: Figure 12 of the paper
 
 
 def draw(runs, path):

@@ -5,18 +5,11 @@ a lower loss than BatchNorm."""
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments.common import (
-    NORM_STYLE,
-    Claim,
-    accuracy_panel,
-    by_model,
-    checkpoint_accuracies,
-    geomean,
-    mean_band,
-    select,
-    spread,
-    steps_axis,
-)
+from experiments.lib.claims import Claim, checkpoint_accuracies, geomean, spread
+from experiments.lib.plotting import NORM_STYLE, accuracy_panel, mean_band, steps_axis
+from experiments.lib.runs import by_model, select
+
+ORDER = 5  # where it stands in the paper: Figure 5 of the paper
 
 NORMS = ("none", "batch", "l1", "l2", "linf")
 COMPARABLE_POINTS = 10.0  # VGG: training accuracy within this many points of BN's

@@ -6,7 +6,11 @@ chance); a DLN run when it does not diverge and ends at no more than half its in
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments.common import NORM_STYLE, Claim, by_model, final_train_accuracy, select, spread
+from experiments.lib.claims import Claim, final_train_accuracy, spread
+from experiments.lib.plotting import NORM_STYLE
+from experiments.lib.runs import by_model, select
+
+ORDER = 14  # where it stands in the paper: section 3.1
 
 NORMS = ("none", "batch")
 PROGRESS = 0.5  # DLN: final / initial loss at most this

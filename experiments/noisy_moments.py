@@ -9,7 +9,11 @@ import numpy as np
 import pandas as pd
 
 from bnlab import store
-from experiments.common import NORM_STYLE, Claim, select, spread, steps_axis
+from experiments.lib.claims import Claim, spread
+from experiments.lib.plotting import NORM_STYLE, steps_axis
+from experiments.lib.runs import select
+
+ORDER = 8  # where it stands in the paper: Figure 8 of the paper
 
 NORMS = ("none", "batch", "noisy_batch")
 LAYERS = (2, 9, 13)

@@ -15,7 +15,7 @@ load; the medians and their ratio (ours / reference) go to results/bench/<machin
     bn_dln_step_ms     one BatchNorm DLN step: bnlab's loop vs a plain eager loop (scripts/bench_dln.py).
     paper_bn_dln_run_with_probes_every_50_s
                        one paper-scale BatchNorm DLN run with every probe, end to end.
-    dln_8_seeds        8 seeds of that run trained together (one stacked model, bnlab.stack) vs one after
+    dln_8_seeds        8 seeds of that run trained together (one stacked model, bnlab.training.stacking) vs one after
                        another. Target >= 4x on CPU.
     cifar10_to_device  a VGG run's data setup: CIFAR-10 standardized onto the device. Reference: the
                        per-channel formula applied elementwise in float64, then cast and copied.
@@ -55,8 +55,8 @@ from omegaconf import OmegaConf
 
 from bnlab import probes
 from bnlab.config import probes_enabled
+from bnlab.launch.costs import predicted_seconds, step_kinds
 from bnlab.models.vgg import VGG
-from bnlab.probe_schedule import step_kind
 
 sys.path.insert(0, str(Path(__file__).parent))
 import bench_dln  # noqa: E402
@@ -191,7 +191,7 @@ class Skipped(Exception):
 
 def cifar10_here() -> dict:
     """CIFAR-10 from $BNLAB_DATA (decoded once into $BNLAB_CACHE), as the runs' config finds it."""
-    from bnlab import cifar10
+    from bnlab.data.datasets import cifar10
 
     try:
         return cifar10.load(os.environ.get("BNLAB_DATA", "data"), "auto", os.environ.get("BNLAB_CACHE", "cache"))
@@ -222,7 +222,7 @@ def bench_vgg_training(device, width, repeats, steps: int):
     from torchvision import transforms
 
     from bnlab.config import compose
-    from bnlab.train import Trainer
+    from bnlab.training.loop import Trainer
 
     data = cifar10_here()
     with tempfile.TemporaryDirectory() as tmp:
@@ -275,8 +275,8 @@ def bench_vgg_training(device, width, repeats, steps: int):
 def bench_cifar10_to_device(device, repeats):
     """A run's data setup: the 50,000 training and 10,000 test images standardized per channel onto the
     device. Reference: float64 pixels, their per-channel mean and std, the formula applied elementwise,
-    cast and copied. Ours: bnlab.data.ImageClassification (channel histograms, a 256-entry table)."""
-    from bnlab.data import ImageClassification
+    cast and copied. Ours: bnlab.data.datasets.ImageClassification (channel histograms, a 256-entry table)."""
+    from bnlab.data.datasets import ImageClassification
 
     data = cifar10_here()
 
@@ -319,33 +319,14 @@ def step_flops(trainer, step: int) -> int:
     return counter.get_total_flops()
 
 
-def step_kinds(cfg) -> dict[str, int]:
-    """What the run `cfg` describes is made of: its setup (building the Trainer: data onto the device, the
-    model), its first step (with its first probe and evaluation and any one-time warm-up, such as cuDNN's
-    autotuning on a GPU), its other steps by kind (bnlab.probe_schedule.step_kind: plain, probe, after)
-    and its other evaluations (bnlab.train.Trainer.fit: every `eval.every` steps, and of the trained model)."""
-    enabled, steps = probes_enabled(cfg), cfg.train.steps
-    kinds = {"setup": 1, "first": 1, "plain": 0, "probe": 0, "after": 0}
-    for step in range(1, steps):
-        kinds[step_kind(cfg.probes, enabled, step)] += 1
-    every = cfg.data.eval.every
-    kinds["evaluations"] = len(range(every, steps, every)) + 1 if cfg.data.name == "cifar10" else 0
-    return kinds
-
-
-def predicted_seconds(cfg, costs: dict) -> float:
-    """A run's time from the measured cost (seconds) of each of its parts (step_kinds)."""
-    return sum(count * costs[kind] for kind, count in step_kinds(cfg).items())
-
-
 def paper_runs(model: str, overrides: list[str]) -> list:
     """The `model` runs `make reproduce-all SCALE=paper SEEDS=3` trains into an empty store (bnlab-figure's
     plan), with `overrides`."""
-    from bnlab.figure_cli import plan
-    from experiments import FIGURES
-    from experiments.common import sweep
+    from bnlab.launch.plan import plan
+    from experiments import figure_names
+    from experiments.lib.runs import sweep
 
-    cfgs = [c for name in FIGURES for c in sweep(name, "paper", 3, overrides) if c.model.name == model]
+    cfgs = [c for name in figure_names() for c in sweep(name, "paper", 3, overrides) if c.model.name == model]
     return list(plan(cfgs)[3].values())
 
 
@@ -357,7 +338,7 @@ def variant(cfg) -> str:
 def measure_costs(cfg, device, repeats: int, directory: Path) -> tuple[dict, int]:
     """Seconds of each part of the run `cfg` (step_kinds; its probes on): setup and first step once, the
     others medians over `repeats`, timed through bnlab's Trainer; and the FLOPs of one plain step."""
-    from bnlab.train import Trainer
+    from bnlab.training.loop import Trainer
 
     def seconds(fn):
         sync(device)
@@ -393,7 +374,7 @@ def bench_vgg_paper_run(device, width, repeats, e2e_steps: int):
     From them: steps per second, the FLOP rate and the fraction of the GPU's peak (BatchNorm), each 15k-step
     run, all of them one after another, and a check of the costing against a shorter BatchNorm run trained
     end to end."""
-    from bnlab.train import run
+    from bnlab.training.runner import run
 
     cifar10_here()
     with tempfile.TemporaryDirectory() as tmp:
@@ -429,7 +410,7 @@ def bench_vgg_paper_run(device, width, repeats, e2e_steps: int):
 
 
 def _packed_worker(container: dict, steps: int, barrier, seconds) -> None:
-    from bnlab.train import Trainer
+    from bnlab.training.loop import Trainer
 
     cfg = OmegaConf.create(container)
     trainer = Trainer(cfg, Path(cfg.runtime.runs_dir) / f"packed-{os.getpid()}")

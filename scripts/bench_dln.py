@@ -3,9 +3,9 @@
 - per-step time of a BatchNorm DLN step: a plain eager nn.Module loop (BatchNorm written out as mean /
   var / normalize, torch.optim.SGD) vs bnlab's loop without probes; interleaved repetitions, medians;
 - one paper-scale BatchNorm DLN run (10k full-batch steps) with ICS, landscape, activation and sigma
-  probes every 50 steps, end to end through bnlab.train.run (target: under 60 s on a 2-core CPU);
-- 8 seeds of that run: one after another through bnlab.train.run, against trained together as one
-  stacked model through bnlab.stack.run_stacked (target: >= 4x).
+  probes every 50 steps, end to end through bnlab.training.runner.run (target: under 60 s on a 2-core CPU);
+- 8 seeds of that run: one after another through bnlab.training.runner.run, against trained together as one
+  stacked model through bnlab.training.runner.run_stacked (target: >= 4x).
 """
 
 import platform
@@ -19,8 +19,8 @@ from torch import nn
 
 from bnlab import store
 from bnlab.config import compose
-from bnlab.stack import run_stacked
-from bnlab.train import Trainer, run
+from bnlab.training.loop import Trainer
+from bnlab.training.runner import run, run_stacked
 
 REPEATS, STEPS = 5, 200
 
@@ -93,7 +93,8 @@ def step_comparison(repeats: int = REPEATS) -> dict:
 
 
 def paper_run_seconds() -> float:
-    """One paper-scale BatchNorm DLN run with every probe every 50 steps, end to end through bnlab.train.run."""
+    """One paper-scale BatchNorm DLN run with every probe every 50 steps, end to end through
+    bnlab.training.runner.run."""
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         run(compose(["norm=batch", "logger=none", "runtime.progress=false", f"runtime.runs_dir={tmp}"]))

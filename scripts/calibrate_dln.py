@@ -86,7 +86,7 @@ def measure(run_metrics, what: str) -> float:
 
 
 def cmd_train(args) -> None:
-    from bnlab.figure_cli import train_missing
+    from bnlab.launch.plan import train_missing
 
     names = args.candidates.split(",") if args.candidates else list(CANDIDATES)
     unknown = [n for n in names if n not in CANDIDATES]

@@ -96,7 +96,7 @@ def signal_at_init(cfg, x: torch.Tensor, y: torch.Tensor) -> dict:
 
 
 def cmd_signal(args) -> None:
-    from bnlab.data import build_data
+    from bnlab.data.datasets import build_data
 
     torch.set_num_threads(args.threads)
     results = {}
@@ -130,7 +130,7 @@ def cmd_signal(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from bnlab.figure_cli import train_missing
+    from bnlab.launch.plan import train_missing
 
     names = args.candidates.split(",") if args.candidates else TRAINED
     unknown = [n for n in names if n not in CANDIDATES]

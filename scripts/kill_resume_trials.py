@@ -12,9 +12,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from bnlab import checkpoint, store
+from bnlab import store
 from bnlab.config import compose, identity
-from bnlab.train import run
+from bnlab.store import checkpoint
+from bnlab.training.runner import run
 
 RUN = ["scale=smoke", "norm=noisy_batch", "train.steps=1500", "probes.every=50", "probes.landscape.direction=random",
        "runtime.checkpoint_every=50", "runtime.log_every=50", "runtime.progress=false", "logger=none"]
@@ -34,7 +35,7 @@ def main(trials: int) -> None:
     for trial in range(trials):
         runs = root / f"trial{trial}"
         cfg = compose([*RUN, f"runtime.runs_dir={runs}"])
-        proc = subprocess.Popen([sys.executable, "-m", "bnlab.train", *RUN, f"runtime.runs_dir={runs}"],
+        proc = subprocess.Popen([sys.executable, "-m", "bnlab.cli.train", *RUN, f"runtime.runs_dir={runs}"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(random.Random(trial).uniform(2.0, 2.0 + uninterrupted_s))  # startup, then anywhere in the run
         proc.send_signal(signal.SIGKILL)

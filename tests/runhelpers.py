@@ -5,7 +5,7 @@ import torch
 
 from bnlab import store
 from bnlab.config import compose
-from bnlab.train import run
+from bnlab.training.runner import run
 
 SHORT = ["scale=smoke", "norm=batch", "train.steps=120", "probes.every=20", "runtime.checkpoint_every=40",
          "runtime.log_every=20", "runtime.progress=false", "logger=none"]
@@ -18,7 +18,7 @@ def metrics(directory):
 
 def interrupted(runs_dir, monkeypatch, at_step, overrides=SHORT):
     """Run `overrides`, raising KeyboardInterrupt at `at_step` (an in-process stand-in for a kill)."""
-    from bnlab.train import Trainer
+    from bnlab.training.loop import Trainer
 
     real = Trainer.step
 

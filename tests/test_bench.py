@@ -10,7 +10,8 @@ import torch
 from runhelpers import metrics
 
 from bnlab.config import compose
-from bnlab.train import Trainer, run
+from bnlab.training.loop import Trainer
+from bnlab.training.runner import run
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
 import bench  # noqa: E402

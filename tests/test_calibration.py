@@ -10,11 +10,11 @@ from torch import nn
 
 from bnlab import probes
 from bnlab.config import ConfigError, compose, validate
-from bnlab.data import INPUT_SCALES, ImageClassification
-from bnlab.metrics import MetricRows
+from bnlab.data.datasets import INPUT_SCALES, ImageClassification
 from bnlab.models import build_model, num_layers
 from bnlab.models.vgg import INITS, VGG
-from bnlab.probe_schedule import ProbeSchedule
+from bnlab.training.probe_schedule import ProbeSchedule
+from bnlab.training.rows import MetricRows
 
 
 @pytest.mark.parametrize("init", INITS)

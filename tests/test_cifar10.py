@@ -15,9 +15,8 @@ from conftest import (
     write_torchvision_batches,
 )
 
-from bnlab import cifar10
-from bnlab.cifar10 import DataError
-from bnlab.data import ImageClassification, augment, channel_moments
+from bnlab.data.cifar10 import DataError
+from bnlab.data.datasets import ImageClassification, augment, channel_moments, cifar10
 
 
 def expected(split):

@@ -11,22 +11,23 @@ import time
 import pytest
 from runhelpers import SHORT, interrupted, metrics
 
-from bnlab import checkpoint, runlock, store
+from bnlab import store
 from bnlab.config import compose
-from bnlab.train import run
+from bnlab.store import checkpoint, lock
+from bnlab.training.runner import run
 
 
 def test_lock_waits_for_its_holder_and_a_killed_holder_leaves_it_free(tmp_path, caplog):
     directory = tmp_path / "run"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; from bnlab import runlock\n"
-         f"with runlock.hold(Path({str(directory)!r})):\n    print('held', flush=True); time.sleep(120)"],
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from bnlab.store import lock\n"
+         f"with lock.hold(Path({str(directory)!r})):\n    print('held', flush=True); time.sleep(120)"],
         stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     acquired = threading.Event()
 
     def take():
-        with runlock.hold(directory):
+        with lock.hold(directory):
             acquired.set()
 
     thread = threading.Thread(target=take)
@@ -38,13 +39,13 @@ def test_lock_waits_for_its_holder_and_a_killed_holder_leaves_it_free(tmp_path, 
     holder.wait()
     thread.join(timeout=10)
     assert acquired.is_set()
-    assert not (directory / runlock.LOCK_NAME).exists()
+    assert not (directory / lock.LOCK_NAME).exists()
 
 
 def test_two_processes_asked_for_the_same_run_train_it_once(tmp_path):
     overrides = ["scale=smoke", "norm=batch", "train.steps=600", "probes=none", "runtime.progress=false",
                  "logger=none", f"runtime.runs_dir={tmp_path}"]
-    procs = [subprocess.Popen([sys.executable, "-m", "bnlab.train", *overrides], stdout=subprocess.PIPE,
+    procs = [subprocess.Popen([sys.executable, "-m", "bnlab.cli.train", *overrides], stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
@@ -56,8 +57,8 @@ def test_two_processes_asked_for_the_same_run_train_it_once(tmp_path):
 
 def test_a_relaunched_sweep_trains_exactly_the_missing_work(tmp_path, monkeypatch, capsys):
     """Of a figure's five runs one is finished, one half done, three never started."""
-    from bnlab.figure_cli import main
-    from experiments.common import sweep
+    from experiments.cli import main
+    from experiments.lib.runs import sweep
 
     overrides = ["train.steps=200", "probes.every=25", "runtime.checkpoint_every=50", "runtime.log_every=50",
                  "runtime.progress=false", "logger=none", f"runtime.runs_dir={tmp_path}/runs"]
@@ -86,7 +87,7 @@ def test_sigterm_checkpoints_at_the_current_step_and_the_resumed_run_is_identica
                  "runtime.progress=false", "logger=none"]
     reference = run(compose([*overrides, f"runtime.runs_dir={tmp_path}/reference"]))
     directory = store.run_dir(compose([*overrides, f"runtime.runs_dir={tmp_path}/runs"]))
-    proc = subprocess.Popen([sys.executable, "-m", "bnlab.train", *overrides, f"runtime.runs_dir={tmp_path}/runs"],
+    proc = subprocess.Popen([sys.executable, "-m", "bnlab.cli.train", *overrides, f"runtime.runs_dir={tmp_path}/runs"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     while not (directory / checkpoint.CURRENT).exists() and proc.poll() is None:
         time.sleep(0.01)
@@ -115,7 +116,7 @@ def test_a_resumed_run_continues_the_same_wandb_run(tmp_path, monkeypatch):
 
 
 def test_a_misspelt_launcher_setting_fails_before_anything_is_prepared_or_submitted(tmp_path, capsys):
-    from bnlab.figure_cli import main
+    from experiments.cli import main
 
     args = ["lp-landscape-dln", "--scale", "smoke", "--train", "--launcher", "slurm", f"runtime.runs_dir={tmp_path}"]
     assert main([*args, "hydra.launcher.partitoin=gpu"]) == 2
@@ -129,7 +130,7 @@ def test_a_run_list_entry_out_of_range_is_refused(tmp_path):
     from omegaconf import OmegaConf
 
     from bnlab.config import ConfigError
-    from bnlab.train import listed_runs
+    from bnlab.launch.slurm import listed_runs
 
     (tmp_path / "runs.json").write_text(json.dumps([[{"seed": 3}, {"seed": 4}]]))
     cfg = OmegaConf.create({"runtime": {"run_list": str(tmp_path / "runs.json"), "run_index": 0}})
@@ -142,7 +143,7 @@ def test_a_run_list_entry_out_of_range_is_refused(tmp_path):
 def test_killing_bnlab_figure_stops_its_worker_processes_at_a_checkpoint(tmp_path):
     # two unstackable runs (standard and BN) in two pool workers; the parent is killed outright
     env = {**__import__("os").environ, "BNLAB_RUNS": str(tmp_path / "runs")}
-    parent = subprocess.Popen([sys.executable, "-m", "bnlab.figure_cli", "dln-landscape", "--scale", "smoke", "--train",
+    parent = subprocess.Popen([sys.executable, "-m", "experiments.cli", "dln-landscape", "--scale", "smoke", "--train",
                                "--jobs", "2", "--out", str(tmp_path / "out"), "train.steps=1000000",
                                "logger=none"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120

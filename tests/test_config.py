@@ -8,14 +8,38 @@ import pytest
 from omegaconf import OmegaConf
 
 from bnlab.config import CONFIG_DIR, ConfigError, compose, run_key, validate
-from experiments import FIGURES
-from experiments.common import sweep
+from experiments import figure_module, figure_names
+from experiments.lib.runs import sweep
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 
 
-def test_every_figure_has_an_experiment_config():
-    assert sorted(FIGURES) == EXPERIMENTS
+def test_every_figure_is_one_config_and_one_module_found_by_name():
+    modules = sorted(p.stem for p in (Path(__file__).parents[1] / "experiments").glob("*.py")
+                     if p.stem not in ("__init__", "cli"))
+    assert modules == sorted(name.replace("-", "_") for name in EXPERIMENTS)
+    for name in EXPERIMENTS:
+        module = figure_module(name)
+        assert callable(module.draw) and callable(module.claims) and isinstance(module.ORDER, int), name
+    names = figure_names()
+    assert sorted(names) == EXPERIMENTS
+    assert names[:4] == ["figure1", "figure2", "figure3", "figure4"]  # the paper's order
+    assert len({figure_module(n).ORDER for n in names}) == len(names)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_config_opens_with_its_command_what_it_reproduces_and_its_runtime(name):
+    header = []
+    for line in (CONFIG_DIR / "experiment" / f"{name}.yaml").read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        header.append(line)
+    assert header[0] == "# @package _global_"
+    assert header[1].startswith(f"# make reproduce-{name} SCALE=smoke")
+    assert f"bnlab-train -m experiment={name} scale=smoke" in header[2]
+    assert any(line.startswith(("# Figure", "# Section")) for line in header), "what it reproduces"
+    assert any(line.startswith("#   smoke: ") and "min" in line for line in header)
+    assert any(line.startswith("#   paper: ") for line in header)
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -74,17 +98,17 @@ def test_invalid_values_name_key_value_and_allowed(override, key):
 
 def test_cli_rejects_bad_input_before_training(tmp_path):
     env_runs = f"runtime.runs_dir={tmp_path}"
-    bad_value = subprocess.run([sys.executable, "-m", "bnlab.train", "optim.lr=-1", env_runs],
+    bad_value = subprocess.run([sys.executable, "-m", "bnlab.cli.train", "optim.lr=-1", env_runs],
                                capture_output=True, text=True, timeout=120)
     assert bad_value.returncode != 0 and "optim.lr=-1" in bad_value.stderr and "positive" in bad_value.stderr
-    bad_group = subprocess.run([sys.executable, "-m", "bnlab.train", "norm=group", env_runs],
+    bad_group = subprocess.run([sys.executable, "-m", "bnlab.cli.train", "norm=group", env_runs],
                                capture_output=True, text=True, timeout=120)
     assert bad_group.returncode != 0 and "norm/group" in bad_group.stderr and "linf" in bad_group.stderr
     assert not any(Path(tmp_path).rglob("metrics.parquet"))
 
 
 def test_figure_cli_rejects_unknown_figure_and_missing_runs(tmp_path, capsys):
-    from bnlab.figure_cli import main
+    from experiments.cli import main
 
     with pytest.raises(SystemExit):
         main(["figure99"])

@@ -8,7 +8,7 @@ from torch import nn
 
 from bnlab import probes
 from bnlab.config import compose
-from bnlab.data import GaussianRegression
+from bnlab.data.datasets import GaussianRegression
 from bnlab.models import build_model
 from bnlab.norms import BatchNorm, LpNorm
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 from conftest import TRAIN_PER_CLASS, write_torchvision_batches
 
-from bnlab import cifar10
-from bnlab.cifar10 import DataError
+from bnlab.data.cifar10 import DataError
+from bnlab.data.datasets import cifar10
 
 
 class _Archive(http.server.BaseHTTPRequestHandler):

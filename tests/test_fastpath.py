@@ -9,8 +9,8 @@ import torch
 from runhelpers import HostReads, metrics
 
 from bnlab.config import compose
-from bnlab.stack import StackedTrainer
-from bnlab.train import Trainer, run
+from bnlab.training.loop import Trainer
+from bnlab.training.runner import run
 
 
 def assert_close(a, b, rtol):
@@ -64,7 +64,7 @@ def test_steps_probes_and_evaluation_never_wait_for_the_device(overrides, stacke
     common = [*overrides, "probes.every=2", "logger=none", "runtime.progress=false", f"runtime.runs_dir={tmp_path}"]
     if stacked:
         cfgs = [compose([*common, f"seed={s}"]) for s in range(3)]
-        trainer = StackedTrainer(cfgs, [tmp_path / str(s) for s in range(3)])
+        trainer = Trainer(cfgs, [tmp_path / str(s) for s in range(3)])
     else:
         trainer = Trainer(compose(common), tmp_path / "run")
     trainer.step(0)  # the first probe step makes the probes' constants on the device, once

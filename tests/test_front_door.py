@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from bnlab import figure_cli
-from bnlab.config import compose
-from experiments import FIGURES
-from experiments.common import sweep
+from bnlab.config import compose, probes_enabled
+from bnlab.launch import costs
+from bnlab.launch.plan import fresh_runs
+from bnlab.training.probe_schedule import step_kind
+from experiments import cli as figure_cli
+from experiments.lib.runs import sweep
 
 ROOT = Path(__file__).parents[1]
 
@@ -29,7 +31,7 @@ def test_make_help_lists_every_target_with_one_line():
 
 def test_list_shows_each_figure_with_what_it_reproduces_and_its_cost(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("BNLAB_CACHE", str(tmp_path))
-    monkeypatch.setattr(figure_cli, "_figures", lambda: {k: FIGURES[k] for k in ("figure1", "dln-landscape")})
+    monkeypatch.setattr(figure_cli, "figure_names", lambda: ["figure1", "dln-landscape"])
     assert figure_cli.main(["--list"]) == 0
     out = capsys.readouterr().out
     assert "Figure 1: VGG with and without BatchNorm" in out and "Figure 10: loss landscape" in out
@@ -50,20 +52,36 @@ def test_fresh_runs_drops_duplicates_and_unprobed_twins():
     probed = compose(["model=dln", "scale=smoke", "train.steps=10"])
     unprobed = compose(["model=dln", "scale=smoke", "train.steps=10", "probes=none"])
     other = compose(["model=dln", "scale=smoke", "train.steps=10", "probes=none", "seed=1"])
-    assert [c.seed for c in figure_cli.fresh_runs([probed, unprobed, probed, other])] == [0, 1]
-    assert len(figure_cli.fresh_runs([unprobed])) == 1  # alone, the unprobed run is trained
+    assert [c.seed for c in fresh_runs([probed, unprobed, probed, other])] == [0, 1]
+    assert len(fresh_runs([unprobed])) == 1  # alone, the unprobed run is trained
 
 
 def test_estimated_seconds_follows_steps_width_and_probes():
     base = ["model=vgg", "scale=smoke", "probes=none", "norm=batch"]
     small, wide = compose([*base, "train.steps=100"]), compose([*base, "train.steps=100", "model.width=1.0"])
-    assert figure_cli.estimated_seconds(compose([*base, "train.steps=200"])) == pytest.approx(
-        2 * figure_cli.estimated_seconds(small))
-    assert figure_cli.estimated_seconds(wide) == pytest.approx(
-        figure_cli.estimated_seconds(small) * 8 ** figure_cli.VGG_WIDTH_EXPONENT)
+    assert costs.estimated_seconds(compose([*base, "train.steps=200"])) == pytest.approx(
+        2 * costs.estimated_seconds(small))
+    assert costs.estimated_seconds(wide) == pytest.approx(
+        costs.estimated_seconds(small) * 8 ** costs.VGG_WIDTH_EXPONENT)
+    assert costs.estimated_seconds(small) == pytest.approx(100 * costs.STEP_SECONDS["vgg"]["batch"])
     probed = compose(["model=vgg", "scale=smoke", "norm=batch", "train.steps=100"])
-    assert figure_cli.estimated_seconds(probed) == pytest.approx(
-        figure_cli.estimated_seconds(small) * figure_cli.PROBED_STEP_FACTOR["vgg"])
+    # probe steps 0, 40 and 80, each carrying the probes' extra cost of the 40 steps it stands for
+    extra = 3 * (costs.PROBED_STEP_FACTOR["vgg"] - 1) * 40
+    assert probed.probes.every == 40
+    assert costs.estimated_seconds(probed) == pytest.approx(costs.estimated_seconds(small) * (100 + extra) / 100)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["model=vgg", "scale=smoke", "train.steps=97"], ["model=dln", "scale=smoke", "train.steps=1000"],
+    ["model=dln", "probes=none", "train.steps=50"], ["model=vgg", "scale=smoke", "train.steps=5"],
+    ["model=vgg", "probes.every=1", "train.steps=9"]])
+def test_step_kinds_counts_each_step_as_the_loop_treats_it(overrides):
+    cfg = compose(overrides)
+    naive = {"plain": 0, "probe": 0, "after": 0}
+    for step in range(1, cfg.train.steps):
+        naive[step_kind(cfg.probes, probes_enabled(cfg), step)] += 1
+    kinds = costs.step_kinds(cfg)
+    assert {k: kinds[k] for k in naive} == naive and kinds["first"] == 1
 
 
 def test_figure_dry_run_plans_without_training_or_touching_the_data(runs_dir, tmp_path, monkeypatch, capsys):
@@ -82,7 +100,7 @@ def test_figure_dry_run_plans_without_training_or_touching_the_data(runs_dir, tm
 
 def test_train_dry_run_checks_the_launcher_and_submits_nothing(tmp_path):
     env = {**os.environ, "BNLAB_DRY_RUN": "1", "BNLAB_RUNS": str(tmp_path / "runs")}
-    command = [sys.executable, "-m", "bnlab.train", "-m", "model=dln", "scale=smoke", "seed=0,1",
+    command = [sys.executable, "-m", "bnlab.cli.train", "-m", "model=dln", "scale=smoke", "seed=0,1",
                "hydra/launcher=slurm", "hydra.launcher.partition=gpu", f"hydra.sweep.dir={tmp_path}/sweep"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

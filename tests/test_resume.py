@@ -12,9 +12,10 @@ import pytest
 import torch
 from runhelpers import SHORT, interrupted, metrics
 
-from bnlab import checkpoint, store
+from bnlab import store
 from bnlab.config import compose
-from bnlab.train import run
+from bnlab.store import checkpoint
+from bnlab.training.runner import run
 
 # Noisy BatchNorm and the random landscape direction: every random generator must be restored.
 RUN = ["scale=smoke", "norm=noisy_batch", "train.steps=1500", "probes.every=50", "probes.landscape.direction=random",
@@ -23,7 +24,7 @@ RUN = ["scale=smoke", "norm=noisy_batch", "train.steps=1500", "probes.every=50",
 
 def kill_at_a_random_step(runs_dir, seed):
     """Start the run in a process, SIGKILL it at a random moment after its first checkpoint."""
-    proc = subprocess.Popen([sys.executable, "-m", "bnlab.train", *RUN, f"runtime.runs_dir={runs_dir}"],
+    proc = subprocess.Popen([sys.executable, "-m", "bnlab.cli.train", *RUN, f"runtime.runs_dir={runs_dir}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     directory = store.run_dir(compose([*RUN, f"runtime.runs_dir={runs_dir}"]))
     deadline = time.time() + 120

@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 from runhelpers import metrics
 
-from bnlab import checkpoint, store
+from bnlab import store
 from bnlab.config import compose
-from bnlab.train import run
-from experiments.common import sweep
+from bnlab.store import checkpoint
+from bnlab.training.runner import run
+from experiments.lib.runs import sweep
 
 pytestmark = pytest.mark.slurm
 SCRIPT = Path(__file__).parents[1] / "scripts" / "slurm-local.sh"
@@ -52,7 +53,7 @@ def slurm(*args) -> str:
 
 def test_a_figure_sweep_runs_as_one_job_array_and_the_figure_is_drawn(slurm_cluster, tmp_path):
     env = {**os.environ, "BNLAB_RUNS": str(tmp_path / "runs")}
-    command = [sys.executable, "-m", "bnlab.figure_cli", "lp-landscape-dln", "--scale", "smoke", "--train",
+    command = [sys.executable, "-m", "experiments.cli", "lp-landscape-dln", "--scale", "smoke", "--train",
                "--launcher", "slurm_local", "--pack", "2", "--out", str(tmp_path / "results"), "train.steps=300"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -97,7 +98,7 @@ def test_a_task_told_it_is_preempted_checkpoints_requeues_and_finishes_identical
     runs = tmp_path / "runs"
     directory = store.run_dir(compose([*overrides, f"runtime.runs_dir={runs}"]))
     multirun = subprocess.Popen(
-        [sys.executable, "-c", "from bnlab.train import main; main()", "--multirun", *overrides,
+        [sys.executable, "-c", "from bnlab.cli.train import main; main()", "--multirun", *overrides,
          f"runtime.runs_dir={runs}", "hydra/launcher=slurm_local", "hydra.job.name=bnlab-preempt-test",
          f"hydra.sweep.dir={tmp_path}/sweep"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -128,7 +129,7 @@ def test_runs_packed_in_one_task_all_checkpoint_on_the_signal_and_resume_identic
     directories = [store.run_dir(cfg) for cfg in sweep("dln-landscape", "smoke", 1,
                                                        [*overrides, f"runtime.runs_dir={runs}"])]
     figure = subprocess.Popen(
-        [sys.executable, "-m", "bnlab.figure_cli", "dln-landscape", "--scale", "smoke", "--train", "--launcher",
+        [sys.executable, "-m", "experiments.cli", "dln-landscape", "--scale", "smoke", "--train", "--launcher",
          "slurm_local", "--pack", "2", "--out", str(tmp_path / "results"), *overrides, f"runtime.runs_dir={runs}",
          "hydra.job.name=bnlab-pack-test"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -1,4 +1,4 @@
-"""Stacked DLN runs (bnlab.stack) against the same runs trained alone, their slow twin.
+"""Stacked DLN runs (bnlab.training.stacking) against the same runs trained alone, their slow twin.
 
 Stacked and alone, a run sums in a different order. The BN DLN amplifies such differences some 1e7-fold
 over 100-150 steps: in float32 the ICS cosines of its deep layers differ entirely by step 150 (the losses
@@ -13,13 +13,15 @@ import torch
 from omegaconf import OmegaConf
 from runhelpers import metrics
 
-from bnlab import checkpoint, store
+from bnlab import store
 from bnlab.config import compose
-from bnlab.figure_cli import main as figure_main
 from bnlab.models.dln import DeepLinearNet
 from bnlab.models.dln_stack import StackedDLN
-from bnlab.stack import run_stacked, stack_groups, stack_key
-from bnlab.train import Trainer, run
+from bnlab.store import checkpoint
+from bnlab.training.loop import Trainer
+from bnlab.training.runner import run, run_stacked
+from bnlab.training.stacking import stack_groups, stack_key
+from experiments.cli import main as figure_main
 
 FAST = ["train.dtype=float64", "train.steps=60", "probes.every=25", "runtime.log_every=20", "runtime.progress=false",
         "logger=none"]
@@ -129,8 +131,8 @@ def test_a_figure_trains_its_seeds_stacked(tmp_path, runs_dir, capsys):
 
 
 def test_a_packed_task_trains_its_seeds_stacked_and_the_rest_alongside(tmp_path):
-    # what one SLURM task of `bnlab-figure --pack 3` does with its runs (bnlab.jobcontrol.train_together)
-    from bnlab.jobcontrol import train_together
+    # what one SLURM task of `bnlab-figure --pack 3` does with its runs (bnlab.launch.local.train_together)
+    from bnlab.launch.local import train_together
 
     def container(seed, *extra):
         cfg = compose([*FAST, "norm=batch", "train.steps=20", *extra, f"seed={seed}", f"runtime.runs_dir={tmp_path}"])

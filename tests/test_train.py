@@ -1,4 +1,4 @@
-"""The training loop through bnlab.train.run: files, reuse, divergence, probes' neutrality, wandb."""
+"""The training loop through bnlab.training.runner.run: files, reuse, divergence, probes' neutrality, wandb."""
 
 import json
 
@@ -7,7 +7,7 @@ import pytest
 
 from bnlab import store
 from bnlab.config import compose
-from bnlab.train import run
+from bnlab.training.runner import run
 
 TINY = ["scale=smoke", "train.steps=30", "probes.every=10", "runtime.progress=false", "runtime.log_every=10"]
 

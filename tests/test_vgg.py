@@ -10,7 +10,7 @@ from bnlab.config import ConfigError, compose, run_key, validate
 from bnlab.models import build_model, num_layers
 from bnlab.models.vgg import LAYOUTS, VGG
 from bnlab.norms import BatchNoise, BatchNorm, LpNorm
-from bnlab.train import run
+from bnlab.training.runner import run
 
 CONVS = {"vgg11": 8, "vgg13": 10, "vgg16": 13, "vgg19": 16}
 NORM_TYPES = {"none": nn.Identity, "batch": BatchNorm, "l1": LpNorm, "l2": LpNorm, "linf": LpNorm}
@@ -119,7 +119,7 @@ def test_probes_do_not_change_a_vgg_trajectory(tiny_cifar, runs_dir, tmp_path):
 
 
 def test_missing_data_fails_before_training(runs_dir, tmp_path, monkeypatch):
-    from bnlab.cifar10 import DataError
+    from bnlab.data.cifar10 import DataError
 
     monkeypatch.setenv("BNLAB_DATA", str(tmp_path / "nothing-here"))
     with pytest.raises(DataError, match="CIFAR-10 not found"):
@@ -148,7 +148,7 @@ def test_bnlab_train_reports_missing_data_without_a_traceback(tmp_path):
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "bnlab.train", "model=vgg", f"data.root={tmp_path}/none",
+    out = subprocess.run([sys.executable, "-m", "bnlab.cli.train", "model=vgg", f"data.root={tmp_path}/none",
                           "data.download=false", "logger=none",
                           f"runtime.runs_dir={tmp_path}/runs"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2

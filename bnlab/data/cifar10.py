@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bnlab import store
+from bnlab.util.files import atomic_write
 
 log = logging.getLogger("bnlab")
 
@@ -311,5 +311,5 @@ def _read_cache(path: Path) -> dict | None:
 def _write_cache(path: Path, data: dict) -> None:
     """Data first and its checksum last, each written atomically: a cache is complete or absent."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    store.atomic_write(path, lambda p: torch.save(data, p))
-    store.atomic_write(path.with_suffix(".sha256"), lambda p: p.write_text(_sha256([path])))
+    atomic_write(path, lambda p: torch.save(data, p))
+    atomic_write(path.with_suffix(".sha256"), lambda p: p.write_text(_sha256([path])))

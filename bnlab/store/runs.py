@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -26,6 +25,7 @@ import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 
 from bnlab.config import probes_enabled, run_key, trajectory_identity
+from bnlab.util.files import atomic_write
 
 FINISHED = ("finished", "diverged")
 log = logging.getLogger(__name__)
@@ -37,20 +37,6 @@ def runs_root(cfg: DictConfig) -> Path:
 
 def run_dir(cfg: DictConfig) -> Path:
     return runs_root(cfg) / cfg.scale.name / run_key(cfg)
-
-
-def atomic_write(path: Path, write) -> None:
-    """Write through a temporary file, flushed to disk, then rename: a reader (or a run started after a
-    crash) sees the old file or the new one, never half of one. `write(tmp_path)` writes the content."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def write_config(directory: Path, cfg: DictConfig) -> None:

@@ -3,7 +3,9 @@
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments.common import NORM_STYLE, Claim, geomean, mean_band, range_band, select, spread, steps_axis
+from experiments.lib.claims import Claim, geomean, spread
+from experiments.lib.plotting import NORM_STYLE, mean_band, range_band, steps_axis
+from experiments.lib.runs import select
 
 EARLY = 0.2  # "early in training": the first 20% of the steps
 

@@ -5,8 +5,8 @@ needs theta_{t+1} too, so it runs after the step with theta_t swapped back in fo
 of them replay the random draw the training step itself used, so a noisy layer shows the probes the
 same noise the step saw, and none of them changes the run's random stream or its trajectory.
 
-A stacked model (bnlab.models.dln_stack) gets one schedule for all its runs: each run keeps its own
-generators (seeded from its seed, as when it trains alone) and its own metric rows.
+A stacked model (bnlab.models.dln_stack, bnlab.training.stacking) gets one schedule for all its runs:
+each run keeps its own generators (seeded from its seed, as when it trains alone) and its own metric rows.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from torch import nn
 
 from bnlab import probes
 from bnlab.config import probes_enabled
-from bnlab.metrics import MetricRows
+from bnlab.training.rows import MetricRows
+from bnlab.util.rng import rng_state, set_rng_state
 
 
 class ProbeSchedule:
@@ -70,7 +71,7 @@ class ProbeSchedule:
     def before_step(self, step: int, x, y, rows: list[MetricRows]) -> None:
         """`rows`: the metric rows of each run (one list entry for an ordinary model)."""
         p = self.cfg
-        self.rng_before = _rng_state(x.device)
+        self.rng_before = rng_state(x.device)
         if self._activations_due(step):
             self._record_activations(step, x, rows)
         if step % p.every != 0:
@@ -121,18 +122,18 @@ class ProbeSchedule:
     def after_step(self, step: int, x, y, rows: list[MetricRows]) -> None:
         if not self.cfg.ics.enabled or step % self.cfg.every != 0:
             return
-        rng_after = _rng_state(x.device)
+        rng_after = rng_state(x.device)
         params = dict(self.model.named_parameters())
         updated = {n: t.detach().clone() for n, t in params.items()}
         with torch.no_grad():
             for n, t in params.items():
                 t.copy_(self.theta_t[n])
-        _set_rng_state(self.rng_before, x.device)  # the step's own random draw
+        set_rng_state(self.rng_before, x.device)  # the step's own random draw
         result = probes.ics_tensors(self.model, self.loss_fn, x, y, updated, self.ics_layers)
         with torch.no_grad():
             for n, t in params.items():
                 t.copy_(updated[n])
-        _set_rng_state(rng_after, x.device)
+        set_rng_state(rng_after, x.device)
         for name, values in result.items():
             self._add(rows, step, "ics_l2", self.number[name], values["l2"])
             self._add(rows, step, "ics_cos", self.number[name], values["cos"])
@@ -150,13 +151,3 @@ def step_kind(p, enabled: bool, step: int) -> str:
         return "after"
     return "plain"
 
-
-def _rng_state(device: torch.device):
-    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    return torch.random.get_rng_state(), cuda
-
-
-def _set_rng_state(state, device: torch.device) -> None:
-    torch.random.set_rng_state(state[0])
-    if state[1] is not None:
-        torch.cuda.set_rng_state(state[1], device)

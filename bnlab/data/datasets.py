@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from bnlab.data import cifar10
+
 
 class GaussianRegression:
     """The DLN's task (SPEC section 1): fit A x from x, x ~ N(0, input_std^2 I), A_ij ~ N(0, target_std^2).
@@ -158,8 +160,6 @@ def build_data(cfg, device: torch.device, dtype: torch.dtype):
         return GaussianRegression(cfg.model.width, d.num_samples, d.seed, d.input_std, d.target_std, d.loss,
                                   device, dtype)
     if d.name == "cifar10":
-        from bnlab import cifar10
-
         images = cifar10.load(d.root, d.source, d.cache_dir, d.download, d.sha256)
         return ImageClassification(images, d.batch_size, d.seed, d.train_subset, d.augment,
                                    d.eval.train_examples, d.eval.test_examples, device, dtype, d.input_scale)

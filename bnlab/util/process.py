@@ -1,4 +1,5 @@
-"""How a run meets the process around it: the signals that tell it to stop, and the SLURM job it runs in."""
+"""How a process meets the processes around it: the signals that tell it to stop, its parent's death, and the
+SLURM job it runs in."""
 
 from __future__ import annotations
 
@@ -69,52 +70,3 @@ def pass_to(handler, signum: int, frame=None) -> None:
         handler(signum, frame)
     elif handler == signal.SIG_DFL:  # the default action of SIGUSR2, SIGTERM and SIGINT is to end the process
         raise SystemExit(128 + signum)
-
-
-def train_together(containers: list[dict]) -> None:
-    """Train several runs at once: how one SLURM task (bnlab-figure --pack) fills a GPU that one small run
-    leaves mostly idle. Runs that differ only in their seed train as one stacked model (bnlab.stack), the
-    others each in a process of its own. A stop signal to this process (SLURM's warning before a
-    time limit or preemption, SIGTERM) is passed on to every run, which checkpoints at its current step
-    and stops; then this process's previous handler acts (submitit requeues the task), and the requeued
-    task resumes every run from its checkpoint."""
-    from multiprocessing import get_context
-
-    from bnlab.stack import stack_groups
-
-    groups = stack_groups(containers)
-    if len(groups) == 1:
-        _train_group(groups[0])
-        return
-    workers = [get_context("spawn").Process(target=_train_group, args=(g,)) for g in groups]
-    for w in workers:
-        w.start()
-
-    def pass_on(signum, frame):
-        for w in workers:
-            if w.is_alive():
-                os.kill(w.pid, signum)
-        for w in workers:
-            w.join()
-        pass_to(previous[signum], signum, frame)
-
-    previous = {s: signal.signal(s, pass_on) for s in (signal.SIGUSR2, signal.SIGTERM)}
-    try:
-        for w in workers:
-            w.join()
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-    failed = sum(1 for w in workers if w.exitcode)
-    if failed:
-        raise RuntimeError(f"{failed} of {len(groups)} groups of runs trained together did not finish "
-                           "(see the log above)")
-
-
-def _train_group(containers: list[dict]) -> None:
-    from omegaconf import OmegaConf
-
-    from bnlab.stack import run_stacked
-
-    die_with_parent()
-    run_stacked([OmegaConf.create(c) for c in containers])

@@ -19,7 +19,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from bnlab import store
+from bnlab.store.runs import write_metrics
+from bnlab.util.files import atomic_write
 
 log = logging.getLogger("bnlab")
 CURRENT, PREVIOUS, SEGMENTS = "checkpoint.pt", "checkpoint.prev.pt", "segments"
@@ -33,11 +34,11 @@ def save(directory: Path, state: dict, columns: dict[str, list], persisted_rows:
     """Append the rows logged since the last checkpoint as a segment, then write the checkpoint (the older
     one kept as a fallback). Returns the number of rows now on disk."""
     (directory / SEGMENTS).mkdir(exist_ok=True)
-    store.write_metrics(directory / SEGMENTS, {k: v[persisted_rows:] for k, v in columns.items()},
+    write_metrics(directory / SEGMENTS, {k: v[persisted_rows:] for k, v in columns.items()},
                         name=f"metrics-{state['step']:09d}.parquet")
     if (directory / CURRENT).exists():
         os.replace(directory / CURRENT, directory / PREVIOUS)
-    store.atomic_write(directory / CURRENT, lambda p: torch.save(state, p))
+    atomic_write(directory / CURRENT, lambda p: torch.save(state, p))
     return len(columns["step"])
 
 

@@ -1,0 +1,74 @@
+"""`bnlab-train`: one run, or a Hydra sweep of runs (each its own job; on SLURM, a task of one job array).
+
+    bnlab-train model=dln norm=l1 optim.lr=1e-6 seed=2        # one run
+    bnlab-train -m experiment=lp-landscape-dln scale=smoke    # the sweep behind one figure
+
+With BNLAB_DRY_RUN=1 in the environment it checks each run (config, data) and says where it would go.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from bnlab import store
+from bnlab.config import CONFIG_DIR, ConfigError, compose, dry_run, resolved, validate
+from bnlab.data import cifar10
+from bnlab.data.cifar10 import DataError
+from bnlab.launch.local import train_together
+from bnlab.launch.slurm import listed_runs
+from bnlab.training.runner import run
+
+
+@hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> None:
+    try:
+        if dry_run():
+            _dry_run(cfg)
+        elif cfg.runtime.get("run_list"):
+            train_together(listed_runs(cfg))
+        else:
+            run(cfg)
+    except (ConfigError, DataError) as exc:  # the message says what is wrong and how to fix it
+        print(f"bnlab-train: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _dry_run(cfg: DictConfig) -> None:
+    """Check the run (config, data) and say where it would go, without training it."""
+    configs = [OmegaConf.create(c) for c in listed_runs(cfg)] if cfg.runtime.get("run_list") else [resolved(cfg)]
+    for c in configs:
+        validate(c)
+        data = f"; would {cifar10.check(c.data.root, c.data.source, c.data.download, c.data.sha256)}" \
+            if c.data.name == "cifar10" else ""
+        done = store.is_finished(store.find_run(c))
+        print(f"dry run: {'finished already' if done else 'would train'} {store.run_dir(c)}{data}", flush=True)
+
+
+def _without_launcher(argv: list[str]) -> list[str]:
+    """For a dry run: check that the launcher's overrides compose, then drop them, so that Hydra's basic
+    launcher runs each job of the sweep here (as a dry run) instead of submitting it."""
+    launcher = [a for a in argv if a.startswith(("hydra/launcher=", "hydra.launcher."))]
+    if launcher:
+        try:
+            compose(launcher, with_hydra=True)
+        except Exception as exc:  # Hydra's composition errors name the bad group or key
+            if not type(exc).__module__.startswith(("hydra", "omegaconf")):
+                raise
+            print(f"bnlab-train: {exc}", file=sys.stderr)
+            sys.exit(2)
+        print(f"dry run: the launcher ({' '.join(launcher)}) composes; its jobs are checked here instead",
+              flush=True)
+    return [a for a in argv if a not in launcher]
+
+
+def main() -> None:
+    if dry_run():
+        sys.argv = [sys.argv[0], *_without_launcher(sys.argv[1:])]
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

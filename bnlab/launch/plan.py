@@ -1,0 +1,107 @@
+"""Which runs a set of run configs still needs trained, and training them: here (local) or through a
+Hydra launcher (slurm). Figures share runs, and an unprobed run is served by a probed run of the same
+trajectory, so the plan trains each distinct run once."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from omegaconf import OmegaConf
+
+from bnlab import store
+from bnlab.config import probes_enabled, trajectory_identity
+from bnlab.data import cifar10
+from bnlab.launch.costs import estimated_seconds
+from bnlab.launch.local import train_pool
+from bnlab.launch.slurm import launch
+from bnlab.util.devices import resolve_device
+
+
+def _trajectory(cfg) -> str:
+    return json.dumps(trajectory_identity(cfg), sort_keys=True)
+
+
+def plan(cfgs) -> tuple[dict, set, set, dict]:
+    """What training `cfgs` takes: the distinct runs needed ({directory: cfg}; figures share runs), those
+    already finished in the store, the unprobed ones a probed twin of the same trajectory will serve, and
+    the rest, to train ({directory: cfg})."""
+    needed = {str(store.run_dir(cfg)): cfg for cfg in cfgs}
+    stored = {d for d, cfg in needed.items() if store.is_finished(store.find_run(cfg))}
+    probed = {_trajectory(c) for d, c in needed.items() if d not in stored and probes_enabled(c)}
+    twins = {d for d, c in needed.items() if d not in stored and not probes_enabled(c) and _trajectory(c) in probed}
+    todo = {d: cfg for d, cfg in needed.items() if d not in stored and d not in twins}
+    return needed, stored, twins, todo
+
+
+def fresh_runs(cfgs) -> list:
+    """The runs `cfgs` need trained from nothing: distinct runs, less the unprobed ones that a probed run
+    of the same trajectory serves."""
+    needed = {str(store.run_dir(cfg)): cfg for cfg in cfgs}
+    probed = {_trajectory(c) for c in needed.values() if probes_enabled(c)}
+    return [c for c in needed.values() if probes_enabled(c) or _trajectory(c) not in probed]
+
+
+def duration(seconds: float) -> str:
+    if seconds >= 5400:
+        return f"{seconds / 3600:.0f} hours"
+    return f"{max(1, round(seconds / 60))} min"
+
+
+def prepare_data(cfgs) -> None:
+    """Decode each dataset the runs need into its cache once, here, before any run starts: a missing or
+    corrupted dataset fails now, and parallel runs do not all decode it."""
+    seen = set()
+    for cfg in cfgs:
+        d = cfg.data
+        if d.name != "cifar10" or (d.root, d.source, d.cache_dir) in seen:
+            continue
+        seen.add((d.root, d.source, d.cache_dir))
+        cifar10.prepare(d.root, d.source, d.cache_dir, d.download, d.sha256)
+
+
+def report_plan(cfgs, launcher: str) -> None:
+    """What training `cfgs` would do, without doing it: the runs, their estimated time, where the data
+    comes from."""
+    needed, stored, twins, todo = plan(cfgs)
+    print(f"dry run: {len(needed)} distinct runs needed, {len(stored)} already in the store, {len(twins)} served by "
+          f"a probed twin, {len(todo)} would train (launcher {launcher}; about "
+          f"{duration(sum(estimated_seconds(c) for c in todo.values()) / 2)} on 2 CPU cores)")
+    for d in sorted({(c.data.root, c.data.source, c.data.download, c.data.sha256) for c in todo.values()
+                     if c.data.name == "cifar10"}):
+        print(f"  data: would {cifar10.check(*d)}")
+
+
+def _warn_if_slow(cfgs) -> None:
+    """Full-width VGG on a CPU takes hours per run: say so first."""
+    heavy = [c for c in cfgs if c.model.name == "vgg" and resolve_device(c.runtime.device).type == "cpu"
+             and c.model.width >= 0.5]
+    if heavy:
+        took = duration(sum(estimated_seconds(c) for c in heavy) / 2)  # two at a time on 2 cores
+        print(f"warning: {len(heavy)} VGG runs at width >= 0.5 will train on the CPU (no GPU here): roughly "
+              f"{took} on 2 cores. Paper-scale VGG needs a GPU; SCALE=smoke runs every figure on a CPU.",
+              file=sys.stderr, flush=True)
+
+
+def train_missing(cfgs, jobs: int, launcher: str = "local", launcher_overrides=(), name: str = "runs",
+                  pack: int = 1) -> None:
+    """Train every run of `cfgs` not yet finished in the store: `jobs` processes at a time here, or through
+    a Hydra launcher (SLURM). A run without probes is not trained when a probed run of the same trajectory
+    is stored or about to be trained: the store serves it from that twin (bnlab.store.find_run)."""
+    needed, stored, twins, todo = plan(cfgs)
+    prepare_data(todo.values())
+    where = f"{jobs} at a time" if launcher == "local" else f"{pack} per task of one job array, launcher {launcher}"
+    print(f"{len(needed)} distinct runs needed: {len(stored)} already in the store, {len(twins)} to be served by a "
+          f"probed run of the same trajectory, {len(todo)} to train ({where})", flush=True)
+    if not todo:
+        return
+    containers = []
+    for cfg in sorted(todo.values(), key=estimated_seconds, reverse=True):  # longest first: no idle core at the end
+        c = OmegaConf.to_container(cfg)
+        c["runtime"]["progress"] = launcher == "local" and jobs == 1 and sys.stderr.isatty()
+        containers.append(c)
+    if launcher != "local":
+        launch(containers, launcher, list(launcher_overrides), name, pack)
+        return
+    _warn_if_slow(todo.values())
+    train_pool(containers, jobs)

@@ -1,0 +1,1 @@
+"""Layer 0: small helpers that know nothing of bnlab (files, generator states, devices, processes)."""
