@@ -11,7 +11,7 @@ from experiments.lib.claims import Claim, spread
 from experiments.lib.plotting import steps_axis
 from experiments.lib.runs import by_model, select
 
-ORDER = 15  # where it stands in the paper: section 4
+ORDER = 15  # its place in the paper: after the figures, section 4
 
 PANELS = (("bn_sigma_median", "σ_j (median over units)"), ("bn_gain_median", "γ_j / σ_j (median over units)"))
 

@@ -8,7 +8,7 @@ from bnlab import store
 from experiments.lib.plotting import NORM_STYLE, steps_axis
 from experiments.lib.runs import select
 
-ORDER = 9  # where it stands in the paper: Figure 9 of the paper
+ORDER = 9  # its place in the paper: Figure 9
 
 NORMS = ("none", "batch")
 BANDS = ((0.02, 0.98, 0.15), (0.1, 0.9, 0.25), (0.25, 0.75, 0.4))

@@ -3,7 +3,7 @@ Claim 5 (DLN part): BN's measures are smaller than standard's, early in training
 
 from experiments.lib.landscape import standard_vs_bn_claims, standard_vs_bn_figure
 
-ORDER = 10  # where it stands in the paper: Figure 10 of the paper
+ORDER = 10  # its place in the paper: Figure 10
 
 
 def draw(runs, path):

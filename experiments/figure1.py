@@ -10,7 +10,7 @@ from experiments.lib.claims import Claim, checkpoint_accuracies, spread, steps_t
 from experiments.lib.plotting import NORM_STYLE, accuracy_panel
 from experiments.lib.runs import select
 
-ORDER = 1  # where it stands in the paper: Figure 1 of the paper
+ORDER = 1  # its place in the paper: Figure 1
 
 NORMS = ("none", "batch")
 LAYERS = (3, 11)

@@ -11,7 +11,7 @@ from experiments.lib.claims import Claim, checkpoint_accuracies, final_train_acc
 from experiments.lib.plotting import NORM_STYLE, accuracy_panel
 from experiments.lib.runs import select
 
-ORDER = 2  # where it stands in the paper: Figure 2 of the paper
+ORDER = 2  # its place in the paper: Figure 2
 
 NORMS = ("none", "batch", "noisy_batch")
 LAYERS = (2, 9, 13)

@@ -10,7 +10,7 @@ from experiments.lib.claims import Claim, spread
 from experiments.lib.plotting import NORM_STYLE, accuracy_panel, mean_band, steps_axis
 from experiments.lib.runs import by_model, select
 
-ORDER = 3  # where it stands in the paper: Figure 3 of the paper
+ORDER = 3  # its place in the paper: Figure 3
 
 LAYERS = {"vgg": (5, 10), "dln": (9, 17)}
 NORMS = ("none", "batch")

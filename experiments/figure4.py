@@ -4,7 +4,7 @@ training above all."""
 
 from experiments.lib.landscape import standard_vs_bn_claims, standard_vs_bn_figure
 
-ORDER = 4  # where it stands in the paper: Figure 4 of the paper
+ORDER = 4  # its place in the paper: Figure 4
 
 
 def draw(runs, path):

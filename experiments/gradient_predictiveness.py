@@ -11,7 +11,7 @@ from experiments.lib.landscape import UPPER, landscape_measures
 from experiments.lib.plotting import NORM_STYLE
 from experiments.lib.runs import by_model, select
 
-ORDER = 11  # where it stands in the paper: Figure 11 of the paper
+ORDER = 11  # its place in the paper: Figure 11
 
 NORMS = ("none", "batch")
 PAPER = {"vgg": "Fig 11a: standard up to about 250, BN mostly below about 40",

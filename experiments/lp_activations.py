@@ -5,18 +5,17 @@ normalizations do not keep the distributions stable either, yet train as well as
 import matplotlib.pyplot as plt
 
 from experiments.lib.activations import ridge
-from experiments.lib.plotting import NORM_STYLE
+from experiments.lib.plotting import EVERY_NORM, NORM_STYLE
 from experiments.lib.runs import select
-from experiments.lp_training import NORMS
 
-ORDER = 6  # where it stands in the paper: Figure 6 of the paper
+ORDER = 6  # its place in the paper: Figure 6
 
 LAYER = 11
 
 
 def draw(runs, path):
-    fig, axes = plt.subplots(1, len(NORMS), figsize=(3.6 * len(NORMS), 4.2))
-    for ax, norm in zip(axes, NORMS, strict=True):
+    fig, axes = plt.subplots(1, len(EVERY_NORM), figsize=(3.6 * len(EVERY_NORM), 4.2))
+    for ax, norm in zip(axes, EVERY_NORM, strict=True):
         unit = ridge(ax, select(runs, norm=norm)[0], LAYER, NORM_STYLE[norm][1], count=10)
         ax.set_title(f"{NORM_STYLE[norm][0]} (unit {unit})", fontsize=9)
     fig.suptitle(f"VGG layer #{LAYER}: activation distributions over training")

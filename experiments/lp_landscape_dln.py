@@ -2,16 +2,16 @@
 Claim 6 (landscape part): every l_p normalization smooths the landscape like BatchNorm does."""
 
 from experiments.lib.landscape import every_norm_claims, every_norm_figure
-from experiments.lp_training import NORMS, draw_loss_panel
+from experiments.lib.plotting import EVERY_NORM, loss_panel
 
-ORDER = 13  # where it stands in the paper: Figure 13 of the paper
+ORDER = 13  # its place in the paper: Figure 13
 
 
 def draw(runs, path):
-    every_norm_figure(runs, NORMS, draw_loss_panel, "Deep linear network: every normalization", path)
+    every_norm_figure(runs, EVERY_NORM, loss_panel, "Deep linear network: every normalization", path)
 
 
 def claims(runs):
-    return every_norm_claims(runs, NORMS[1:], "DLN", "Figure 13: 'networks with any normalization strategy have "
+    return every_norm_claims(runs, EVERY_NORM[1:], "DLN", "Figure 13: 'networks with any normalization strategy have "
                              "improved performance and smoothness of the loss landscape over standard training.'",
                              "Fig 13: all normalizations below standard")

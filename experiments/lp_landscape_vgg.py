@@ -2,18 +2,17 @@
 Claim 6 (landscape part): every l_p normalization smooths the landscape like BatchNorm does."""
 
 from experiments.lib.landscape import every_norm_claims, every_norm_figure
-from experiments.lib.plotting import accuracy_panel
-from experiments.lp_training import NORMS
+from experiments.lib.plotting import EVERY_NORM, accuracy_panel
 
-ORDER = 12  # where it stands in the paper: Figure 12 of the paper
+ORDER = 12  # its place in the paper: Figure 12
 
 
 def draw(runs, path):
-    every_norm_figure(runs, NORMS, lambda ax, r: accuracy_panel(ax, r, NORMS),
+    every_norm_figure(runs, EVERY_NORM, lambda ax, r: accuracy_panel(ax, r, EVERY_NORM),
                       f"VGG: every normalization, lr {runs[0].cfg.optim.lr:g}", path)
 
 
 def claims(runs):
-    return every_norm_claims(runs, NORMS[1:], "VGG", "Sec 3.3: 'all these techniques result in an improved "
+    return every_norm_claims(runs, EVERY_NORM[1:], "VGG", "Sec 3.3: 'all these techniques result in an improved "
                              "smoothness of the landscape that is similar to the effect of BatchNorm.' (Fig 12)",
                              "Fig 12: all normalizations below standard")

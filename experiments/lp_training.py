@@ -6,21 +6,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from experiments.lib.claims import Claim, checkpoint_accuracies, geomean, spread
-from experiments.lib.plotting import NORM_STYLE, accuracy_panel, mean_band, steps_axis
+from experiments.lib.plotting import EVERY_NORM, NORM_STYLE, accuracy_panel, loss_panel
 from experiments.lib.runs import by_model, select
 
-ORDER = 5  # where it stands in the paper: Figure 5 of the paper
+ORDER = 5  # its place in the paper: Figure 5
 
-NORMS = ("none", "batch", "l1", "l2", "linf")
 COMPARABLE_POINTS = 10.0  # VGG: training accuracy within this many points of BN's
-
-
-def draw_loss_panel(ax, runs):
-    for norm in NORMS:
-        label, color = NORM_STYLE[norm]
-        style = "--" if norm.startswith("l") else "-"
-        mean_band(ax, [r.series("loss") for r in select(runs, norm=norm)], label, color, log=True, ls=style)
-    ax.set_yscale("log"), ax.set_ylabel("Training Loss"), steps_axis(ax, runs[0].cfg.train.steps)
 
 
 def draw(runs, path):
@@ -29,9 +20,9 @@ def draw(runs, path):
     for ax, model in zip(axes[0], models, strict=True):
         chosen = by_model(runs, model)
         if model == "vgg":
-            accuracy_panel(ax, chosen, NORMS)
+            accuracy_panel(ax, chosen, EVERY_NORM)
         else:
-            draw_loss_panel(ax, chosen)
+            loss_panel(ax, chosen)
         ax.legend(fontsize=8), ax.set_title(f"{model.upper()}, lr = {chosen[0].cfg.optim.lr:g}")
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")
@@ -44,13 +35,13 @@ LOSS_CHECKPOINTS = (0.2, 0.5, 1.0)  # DLN: fractions of the run where the losses
 
 
 def vgg_claims(runs):
-    early = {n: checkpoint_accuracies(select(runs, norm=n)) for n in NORMS}
+    early = {n: checkpoint_accuracies(select(runs, norm=n)) for n in EVERY_NORM}
     mean = {n: {k: float(np.nanmean(v)) if np.isfinite(v).any() else 0.0 for k, v in e.items()}
             for n, e in early.items()}
     ok = all(mean[n][k] >= mean["batch"][k] - COMPARABLE_POINTS and mean[n][k] > mean["none"][k]
              for n in ("l1", "l2", "linf") for k in mean["none"])
     text = "; ".join(f"at {k}: " + ", ".join(f"{NORM_STYLE[n][0].replace('Standard + ', '')} {spread(early[n][k])}%"
-                                             for n in NORMS) for k in early["none"])
+                                             for n in EVERY_NORM) for k in early["none"])
     return [Claim(claim="VGG: every l_p normalization trains comparably to BatchNorm",
                   quote=QUOTE,
                   rule=f"at each of 5%, 10% and 20% of the run, each l_p network's training accuracy (mean over seeds) "
@@ -67,11 +58,11 @@ def loss_at(run, fraction: float) -> float:
 
 
 def dln_claims(runs):
-    at = {f"{f:.0%}": {n: [loss_at(r, f) for r in select(runs, norm=n)] for n in NORMS} for f in LOSS_CHECKPOINTS}
+    at = {f"{f:.0%}": {n: [loss_at(r, f) for r in select(runs, norm=n)] for n in EVERY_NORM} for f in LOSS_CHECKPOINTS}
     geo = {k: {n: geomean(v) for n, v in per.items()} for k, per in at.items()}
     comparable = all(g[n] <= 3 * g["batch"] and g[n] < g["none"] for g in geo.values() for n in ("l1", "l2", "linf"))
     measured = "; ".join(f"at {k}: " + ", ".join(f"{NORM_STYLE[n][0].replace('Standard + ', '')} {spread(per[n])}"
-                                                 for n in NORMS) for k, per in at.items())
+                                                 for n in EVERY_NORM) for k, per in at.items())
     final = at["100%"]
     return [
         Claim(claim="DLN: every l_p normalization trains comparably to BatchNorm",

@@ -10,7 +10,7 @@ from experiments.lib.claims import Claim, final_train_accuracy, spread
 from experiments.lib.plotting import NORM_STYLE
 from experiments.lib.runs import by_model, select
 
-ORDER = 14  # where it stands in the paper: section 3.1
+ORDER = 14  # its place in the paper: after the figures, section 3.1
 
 NORMS = ("none", "batch")
 PROGRESS = 0.5  # DLN: final / initial loss at most this

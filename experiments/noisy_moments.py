@@ -13,7 +13,7 @@ from experiments.lib.claims import Claim, spread
 from experiments.lib.plotting import NORM_STYLE, steps_axis
 from experiments.lib.runs import select
 
-ORDER = 8  # where it stands in the paper: Figure 8 of the paper
+ORDER = 8  # its place in the paper: Figure 8
 
 NORMS = ("none", "batch", "noisy_batch")
 LAYERS = (2, 9, 13)

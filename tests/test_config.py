@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from bnlab.config import CONFIG_DIR, ConfigError, compose, run_key, validate
 from experiments import figure_module, figure_names
-from experiments.lib.runs import sweep
+from experiments.lib.runs import expand, sweep
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 
@@ -51,6 +51,20 @@ def test_experiment_sweeps_compose_and_validate(name, scale):
         validate(cfg)
         assert cfg.experiment_name == name
     assert len({run_key(c) for c in cfgs}) == len(cfgs)  # every run of the sweep is distinct
+
+
+@pytest.mark.parametrize("overrides", [
+    ["experiment=figure3", "scale=smoke", "model=dln,vgg", "norm=none,batch", "optim.lr_factor=1,0.1", "seed=0,1"],
+    ["experiment=figure1", "norm=none,batch", "optim.lr=0.1,0.5", "seed=0", "norm=batch,l1"],  # a key given twice
+    ["model=dln", "seed=3"],
+])
+def test_sweep_expansion_matches_hydras_basic_sweeper(overrides):
+    # Hydra's own expansion, the reference: what `bnlab-train -m` runs (private API, so only here)
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    reference = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(overrides), None)[0]
+    assert expand(overrides) == reference
 
 
 def test_defaults_follow_the_spec():

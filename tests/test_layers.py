@@ -127,3 +127,11 @@ def test_the_import_graph_sees_every_kind_of_import():
     graph = import_graph()
     assert "bnlab.store.runs" in graph["bnlab.store"]  # the package re-exports the run store
     assert "bnlab.data.cifar10" in graph["bnlab.data.datasets"]
+
+
+def test_a_figure_module_imports_no_other_figure_module():
+    """What figures share lives in experiments.lib, so a figure reads on its own."""
+    graph = import_graph()
+    figures = {m for m in graph if m.startswith("experiments.") and m.count(".") == 1 and m != "experiments.cli"}
+    assert len(figures) == 14
+    assert sorted(f"{a} imports {b}" for a in figures for b in graph[a] if b in figures) == []

@@ -19,6 +19,7 @@ NORM_STYLE = {  # label, colour: the paper's colours where it has them
     "l2": ("Standard + L2", "tab:purple"),
     "linf": ("Standard + L∞", "tab:pink"),
 }
+EVERY_NORM = ("none", "batch", "l1", "l2", "linf")  # the l_p figures' normalizations
 
 
 def accuracy_panel(ax, runs: list[Run], norms, split: str = "train", ls: str = "-", label_suffix: str = ""):
@@ -66,3 +67,13 @@ def steps_axis(ax, steps: int):
     ax.xaxis.set_major_locator(ticker.MaxNLocator(5, integer=True))
     if steps >= 2000:  # the paper's "5k, 10k" labels
         ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v / 1000:g}k" if v else "0"))
+
+
+def loss_panel(ax, runs: list[Run], norms=EVERY_NORM):
+    """Training loss (log scale), each normalization's mean over seeds with its min-max band; the l_p
+    normalizations dashed."""
+    for norm in norms:
+        label, color = NORM_STYLE[norm]
+        style = "--" if norm.startswith("l") else "-"
+        mean_band(ax, [r.series("loss") for r in select(runs, norm=norm)], label, color, log=True, ls=style)
+    ax.set_yscale("log"), ax.set_ylabel("Training Loss"), steps_axis(ax, runs[0].cfg.train.steps)
