@@ -9,6 +9,9 @@ load; the medians and their ratio (ours / reference) go to results/bench/<machin
     landscape_probe    the landscape along the gradient at 8 multipliers. Reference: per multiplier, a copied
                        model with the stepped parameters, full forward and backward. Target <= 1.0 on CPU,
                        <= 0.6 on GPU.
+    curvature_probe    the Hessian's top eigenvalue (VGG16 with BatchNorm, batch statistics) by Lanczos.
+                       Reference: power iteration on torch.autograd.functional.hvp of a copied model.
+                       Reported: seconds and Hessian-vector products of each. Target ratio < 1.
     vgg16_training     images per second of VGG16 training at batch 128. Reference: torchvision's CIFAR10
                        through a DataLoader (ToTensor, Normalize), each batch copied to the device, eager
                        model. Target >= 3x on GPU.
@@ -141,6 +144,54 @@ def bench_ics(device, width, repeats):
     result = side_by_side(lambda: probes.ics_tensors(model, F.cross_entropy, x, y, updated),
                           lambda: reference_ics(model, x, y, updated), device, repeats)
     return {**result, "layers": len(ref), "max_relative_difference_l2": float(f"{worst:.2e}"), "target": "<= 0.6"}
+
+
+# ------------------------------------------------------------------------------------ curvature probe
+
+def reference_top_eigenvalue(model, x, y, tolerance: float, iterations: int) -> tuple[float, int]:
+    """The Hessian's top eigenvalue the straightforward way: power iteration (as PyHessian does) with
+    torch.autograd.functional.hvp on a copied model, each product a forward and a double backward of its
+    own. Stops when the estimate changes by less than `tolerance` relative. Returns (value, products)."""
+    copied = copy.deepcopy(model)
+    names = [n for n, _ in copied.named_parameters()]
+    params = tuple(p.detach() for p in copied.parameters())
+
+    def loss(*values):
+        return F.cross_entropy(torch.func.functional_call(copied, dict(zip(names, values, strict=True)), (x,)), y)
+
+    g = torch.Generator().manual_seed(0)
+    v = [torch.randn(p.shape, generator=g).to(p.device) for p in params]
+    value = None
+    for product in range(1, iterations + 1):
+        norm = torch.sqrt(sum((t * t).sum() for t in v))
+        v = [t / norm for t in v]
+        _, hv = torch.autograd.functional.hvp(loss, params, tuple(v))
+        new = float(sum((a * b).sum() for a, b in zip(v, hv, strict=True)))
+        v = list(hv)
+        if value is not None and abs(new - value) <= tolerance * abs(value):
+            return new, product
+        value = new
+    return value, iterations
+
+
+def bench_curvature(device, width, repeats):
+    """The Hessian's top eigenvalue of VGG16 with BatchNorm (train mode) at one batch: bnlab's Lanczos on
+    one retained graph against power iteration on copied-model Hessian-vector products, both to a relative
+    tolerance of 1e-3."""
+    model, (x, y) = vgg16(device, width), probe_inputs(device)
+    found = {}
+
+    def ours():
+        found["ours"] = probes.hessian_eigenvalues(model, F.cross_entropy, x, y, k=1, tolerance=1e-3, iterations=100)
+
+    def reference():
+        model.train()
+        found["reference"] = reference_top_eigenvalue(model, x, y, 1e-3, 100)
+
+    result = side_by_side(ours, reference, device, repeats)
+    return {**result, "ours_hvps": found["ours"]["hvps"], "reference_hvps": found["reference"][1],
+            "ours_eigenvalue": round(found["ours"]["eigenvalues"][0], 4),
+            "reference_eigenvalue": round(found["reference"][0], 4), "target": "ratio < 1"}
 
 
 # ------------------------------------------------------------------------------------ landscape probe
@@ -500,6 +551,7 @@ def main(argv=None) -> None:
     items = {
         "ics_probe": lambda: bench_ics(device, width, args.repeats),
         "landscape_probe": lambda: bench_landscape(device, width, args.repeats),
+        "curvature_probe": lambda: bench_curvature(device, width, min(args.repeats, 3)),
         "vgg16_training": lambda: bench_vgg_training(device, width, args.repeats, 100 if device.type == "cuda" else 10),
         "cifar10_to_device": lambda: bench_cifar10_to_device(device, min(args.repeats, 3)),
         "vgg16_paper_run": lambda: bench_vgg_paper_run(device, width, args.repeats, args.end_to_end_steps),

@@ -1,6 +1,7 @@
 """`make bench`'s costing of a paper-scale VGG run (scripts/bench.py), against what a run does: the steps
 of each kind and the evaluations it counts are those a trained run logs, and the FLOPs it counts per step
-are the hand count of VGG16's convolutions and classifier."""
+are the hand count of VGG16's convolutions and classifier; the curvature item's reference measures what the
+probe measures."""
 
 import sys
 from pathlib import Path
@@ -74,3 +75,18 @@ def test_reproduce_all_estimate_combines_the_measured_items(monkeypatch):
     assert estimate["dln_s"] == 510 and estimate["total_s"] == 1010
     assert bench.reproduce_all_estimate({"vgg16_paper_run": {**vgg, "width": 0.125}, "dln_8_seeds": dln}) is None
     assert bench.reproduce_all_estimate({"vgg16_paper_run": vgg}) is None
+
+
+def test_the_curvature_reference_finds_the_top_eigenvalue_the_probe_finds():
+    """The bench's reference (power iteration on copied-model products) and bnlab's Lanczos measure the same
+    thing: the top eigenvalue of a VGG16 with BatchNorm at width 1/16, batch statistics."""
+    import torch.nn.functional as F
+
+    from bnlab import probes
+
+    model, (x, y) = bench.vgg16(torch.device("cpu"), 1 / 16), bench.probe_inputs(torch.device("cpu"))
+    x, y = x[:32], y[:32]
+    ours = probes.hessian_eigenvalues(model, F.cross_entropy, x, y, k=1, tolerance=1e-6, iterations=200)
+    value, products = bench.reference_top_eigenvalue(model, x, y, 1e-6, 500)
+    assert value == pytest.approx(ours["eigenvalues"][0], rel=1e-3)
+    assert products > 1 and ours["converged"]

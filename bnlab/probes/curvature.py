@@ -1,0 +1,154 @@
+"""The curvature of the loss itself: the Hessian's top eigenvalues (Lanczos), its trace (Hutchinson) and the
+share of the gradient that lies in its top eigenspace, from Hessian-vector products (double backward).
+
+The paper's "effective" beta-smoothness (bnlab.probes.landscape) is a proxy for curvature along one
+direction; these measure the Hessian with respect to every parameter. `mode` chooses the function:
+- "train": batch statistics, the loss SGD actually optimizes (the default, as for every probe);
+- "eval": running statistics, what PyHessian and tomgoldstein/loss-landscape measure (they call
+  model.eval()). For a network with BatchNorm the two are different functions with different Hessians.
+
+One measurement is one forward pass: its graph is kept and every Hessian-vector product differentiates the
+same gradient again, so a stochastic layer's draw is the same for every product, and running statistics
+are restored afterwards, as for every probe.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from bnlab.probes.measurement import LossFn, _device_of, _loss, _Measurement, _runs
+
+
+class _Hessian:
+    """The Hessian of the loss on one batch, as an operator on flat vectors (one entry per parameter)."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn, inputs, targets, m: _Measurement):
+        if _runs(model):
+            raise ValueError("curvature probes measure one run; a stacked model's Hessian is block-diagonal over "
+                             "its runs: measure each run as its own model")
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        loss = _loss(model, loss_fn, inputs, targets, m).sum()
+        self.grads = torch.autograd.grad(loss, self.params, create_graph=True)
+        self.gradient = torch.cat([g.detach().reshape(-1) for g in self.grads])
+        self.size, self.products = self.gradient.numel(), 0
+
+    def __matmul__(self, v: torch.Tensor) -> torch.Tensor:
+        pieces, offset = [], 0
+        for p in self.params:
+            pieces.append(v[offset:offset + p.numel()].view_as(p))
+            offset += p.numel()
+        hv = torch.autograd.grad(self.grads, self.params, grad_outputs=pieces, retain_graph=True)
+        self.products += 1
+        return torch.cat([h.reshape(-1) for h in hv])
+
+    def random(self, generator: torch.Generator, rademacher: bool = False) -> torch.Tensor:
+        """A random vector drawn from `generator` on the CPU (torch's own generators stay untouched)."""
+        g = self.gradient
+        if rademacher:
+            v = torch.randint(0, 2, (self.size,), generator=generator, dtype=torch.int64).to(g.dtype) * 2 - 1
+        else:
+            v = torch.randn(self.size, generator=generator, dtype=g.dtype)
+        return v.to(g.device)
+
+
+def _lanczos(hessian: _Hessian, k: int, iterations: int, tolerance: float, generator: torch.Generator):
+    """The k largest eigenvalues (descending) of the Hessian and their unit eigenvectors (rows), by Lanczos
+    with full reorthogonalization; stops when each of the k Ritz values' residual is below `tolerance`
+    times its size, or after `iterations` products. Returns (values, vectors, converged)."""
+    if hessian.size < k:
+        raise ValueError(f"k={k} eigenvalues asked of a model with {hessian.size} parameters")
+    iterations = min(iterations, hessian.size)
+    q = hessian.random(generator)
+    basis = [q / torch.linalg.vector_norm(q)]
+    alphas: list[float] = []
+    betas: list[float] = []
+    converged = False
+    for j in range(iterations):
+        w = hessian @ basis[j]
+        alphas.append(float(w @ basis[j]))
+        w = w - alphas[-1] * basis[j] - (betas[-1] * basis[j - 1] if j else 0)
+        stacked = torch.stack(basis)
+        for _ in range(2):  # twice is enough (Kahan): the basis stays orthogonal to rounding
+            w = w - stacked.T @ (stacked @ w)
+        beta = float(torch.linalg.vector_norm(w))
+        tridiagonal = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+        if betas:
+            off = torch.tensor(betas, dtype=torch.float64)
+            tridiagonal += torch.diag(off, 1) + torch.diag(off, -1)
+        ritz, vectors = torch.linalg.eigh(tridiagonal)
+        top = range(len(alphas) - 1, max(len(alphas) - k, 0) - 1, -1)
+        residuals = [beta * abs(float(vectors[-1, i])) for i in top]
+        scale = max(abs(float(ritz[-1])), abs(float(ritz[0])), 1e-30)
+        exhausted = beta <= 1e-10 * scale  # the Krylov space is invariant: its Ritz values are exact
+        if len(alphas) >= k and (exhausted or all(r <= tolerance * max(abs(float(ritz[i])), 1e-30)
+                                                  for r, i in zip(residuals, top, strict=True))):
+            converged = True
+            break
+        if j + 1 < iterations:
+            betas.append(beta)
+            basis.append(w / beta)
+    chosen = list(top)
+    values = [float(ritz[i]) for i in chosen]
+    coefficients = vectors[:, chosen].to(basis[0].dtype).to(basis[0].device)
+    eigenvectors = (torch.stack(basis).T @ coefficients).T
+    eigenvectors = eigenvectors / torch.linalg.vector_norm(eigenvectors, dim=1, keepdim=True)
+    return values, eigenvectors, converged
+
+
+def hessian_eigenvalues(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor, k: int = 1,
+                        mode: str = "train", iterations: int = 100, tolerance: float = 1e-3, seed: int = 0) -> dict:
+    """The k largest eigenvalues of the Hessian of the loss on this batch with respect to every parameter.
+
+    Lanczos on Hessian-vector products, started from a Gaussian vector drawn with `seed`, stopped when each
+    of the k Ritz values has a residual below `tolerance` times its size, or after `iterations` products.
+    Returns {"eigenvalues": [k floats, descending], "hvps": products used, "converged": bool}.
+    """
+    _check_k(k, iterations)
+    with _Measurement(model, _device_of(model, inputs), mode) as m:
+        hessian = _Hessian(model, loss_fn, inputs, targets, m)
+        values, _, converged = _lanczos(hessian, k, iterations, tolerance, torch.Generator().manual_seed(seed))
+    return {"eigenvalues": values, "hvps": hessian.products, "converged": converged}
+
+
+def gradient_in_top_eigenspace(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor,
+                               k: int = 1, mode: str = "train", iterations: int = 100, tolerance: float = 1e-3,
+                               seed: int = 0) -> dict:
+    """The fraction of the gradient's squared norm that lies in the span of the Hessian's top-k eigenvectors
+    (Gur-Ari et al. 2018; Ghorbani et al. 2019): sum_i (g . u_i)^2 / |g|^2, with the u_i from Lanczos as in
+    hessian_eigenvalues. Returns {"fraction", "eigenvalues", "hvps", "converged"}."""
+    _check_k(k, iterations)
+    with _Measurement(model, _device_of(model, inputs), mode) as m:
+        hessian = _Hessian(model, loss_fn, inputs, targets, m)
+        values, vectors, converged = _lanczos(hessian, k, iterations, tolerance, torch.Generator().manual_seed(seed))
+        g = hessian.gradient
+        fraction = float((vectors @ g).square().sum() / g.square().sum())
+    return {"fraction": fraction, "eigenvalues": values, "hvps": hessian.products, "converged": converged}
+
+
+def hessian_trace(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor, samples: int = 20,
+                  mode: str = "train", seed: int = 0) -> dict:
+    """Hutchinson's estimate of the Hessian's trace: the mean of v^T H v over `samples` Rademacher vectors v
+    drawn with `seed`, with its standard error (the samples' standard deviation / sqrt(samples); nan for one
+    sample). Returns {"trace", "stderr", "samples": [v^T H v], "hvps"}."""
+    if not (isinstance(samples, int) and samples >= 1):
+        raise ValueError(f"samples must be a positive integer, got {samples!r}")
+    generator = torch.Generator().manual_seed(seed)
+    with _Measurement(model, _device_of(model, inputs), mode) as m:
+        hessian = _Hessian(model, loss_fn, inputs, targets, m)
+        quadratic = []
+        for _ in range(samples):
+            v = hessian.random(generator, rademacher=True)
+            quadratic.append(float(v @ (hessian @ v)))
+    mean = sum(quadratic) / samples
+    spread = math.sqrt(sum((q - mean) ** 2 for q in quadratic) / (samples - 1)) if samples > 1 else math.nan
+    return {"trace": mean, "stderr": spread / math.sqrt(samples), "samples": quadratic, "hvps": hessian.products}
+
+
+def _check_k(k, iterations) -> None:
+    if not (isinstance(k, int) and k >= 1):
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    if not (isinstance(iterations, int) and iterations >= k):
+        raise ValueError(f"iterations must be an integer >= k ({k}), got {iterations!r}")

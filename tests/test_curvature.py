@@ -1,0 +1,179 @@
+"""The curvature probes against the dense Hessian (torch.autograd.functional.hessian over the flattened
+parameters), on small models with and without BatchNorm, with batch statistics (train) and running
+statistics (eval)."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bnlab import probes
+from bnlab.models.dln import DeepLinearNet
+from bnlab.models.dln_stack import StackedDLN
+from bnlab.norms import make_norm
+
+
+def small_model(norm: str, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    layers = [nn.Linear(4, 6)]
+    if norm == "torch_batch":
+        layers.append(nn.BatchNorm1d(6))
+    elif norm in ("batch", "noisy_batch"):
+        noise = dict(n_mu=0.2, n_sigma=1.5, r_mu=0.05, r_sigma=0.1) if norm == "noisy_batch" else None
+        layers.append(make_norm("batch", 6, noise=noise))
+    layers += [nn.Tanh(), nn.Linear(6, 3)]
+    model = nn.Sequential(*layers).double()
+    with torch.no_grad():  # running statistics away from their initial values, so that eval mode differs
+        for m in model.modules():
+            if hasattr(m, "running_mean") and m.running_mean is not None:
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+def batch(seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(16, 4, generator=g, dtype=torch.float64), torch.randint(0, 3, (16,), generator=g)
+
+
+def dense(model, x, y, mode: str, draw_seed: int = 0):
+    """(Hessian, gradient) of the loss over the flattened parameters, on a copy of the model in `mode`."""
+    model = copy.deepcopy(model).train(mode == "train")
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for _, p in model.named_parameters()]
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
+
+    def loss(v):
+        params, offset = {}, 0
+        for name, shape in zip(names, shapes, strict=True):
+            params[name] = v[offset:offset + shape.numel()].view(shape)
+            offset += shape.numel()
+        torch.manual_seed(draw_seed)  # the draw the probe replays (noisy BatchNorm)
+        return F.cross_entropy(torch.func.functional_call(model, (params, dict(buffers)), (x,)), y)
+
+    hessian = torch.autograd.functional.hessian(loss, flat)
+    gradient = torch.autograd.functional.jacobian(loss, flat)
+    return hessian, gradient
+
+
+def state(model):
+    return ([t.detach().clone() for t in model.parameters()], [b.clone() for b in model.buffers()],
+            [m.training for m in model.modules()], torch.random.get_rng_state())
+
+
+def assert_unchanged(before, after):
+    for a, b in zip(before[0] + before[1], after[0] + after[1], strict=True):
+        assert torch.equal(a, b)
+    assert before[2] == after[2] and torch.equal(before[3], after[3])
+
+
+@pytest.mark.parametrize("norm", ["none", "batch", "torch_batch", "noisy_batch"])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_top_eigenvalues_match_the_dense_hessian(norm, mode):
+    model, (x, y) = small_model(norm), batch()
+    torch.manual_seed(0)
+    before = state(model)
+    out = probes.hessian_eigenvalues(model, F.cross_entropy, x, y, k=3, mode=mode, iterations=200, tolerance=1e-10)
+    assert_unchanged(before, state(model))  # parameters, running statistics, modes, random stream
+    hessian, _ = dense(model, x, y, mode)
+    expected = torch.linalg.eigvalsh(hessian).flip(0)[:3]
+    assert out["eigenvalues"] == pytest.approx(expected.tolist(), rel=1e-7, abs=1e-10)
+    assert out["converged"] and 3 <= out["hvps"] <= hessian.shape[0]
+    assert out["eigenvalues"] == sorted(out["eigenvalues"], reverse=True)
+
+
+def test_batch_statistics_and_running_statistics_are_different_functions():
+    x, y = batch()
+    for norm, differ in (("none", False), ("batch", True)):
+        model = small_model(norm)
+        train = probes.hessian_eigenvalues(model, F.cross_entropy, x, y, mode="train", tolerance=1e-10)
+        evaluated = probes.hessian_eigenvalues(model, F.cross_entropy, x, y, mode="eval", tolerance=1e-10)
+        same = train["eigenvalues"][0] == pytest.approx(evaluated["eigenvalues"][0], rel=1e-8)
+        assert same != differ, norm
+
+
+def test_the_model_is_left_in_the_mode_it_was_found():
+    model, (x, y) = small_model("batch"), batch()
+    model.eval()
+    model[0].train()  # a mixed state, restored module by module
+    before = state(model)
+    probes.hessian_eigenvalues(model, F.cross_entropy, x, y, mode="train")
+    probes.hessian_trace(model, F.cross_entropy, x, y, samples=3, mode="eval")
+    assert_unchanged(before, state(model))
+
+
+@pytest.mark.parametrize("norm", ["none", "batch"])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_hutchinson_samples_are_the_dense_quadratic_forms(norm, mode):
+    model, (x, y) = small_model(norm), batch()
+    out = probes.hessian_trace(model, F.cross_entropy, x, y, samples=5, mode=mode, seed=7)
+    hessian, _ = dense(model, x, y, mode)
+    g = torch.Generator().manual_seed(7)  # the same Rademacher vectors, drawn independently
+    vectors = [torch.randint(0, 2, (hessian.shape[0],), generator=g).double() * 2 - 1 for _ in range(5)]
+    assert out["samples"] == pytest.approx([float(v @ hessian @ v) for v in vectors], rel=1e-9, abs=1e-12)
+    assert out["trace"] == pytest.approx(sum(out["samples"]) / 5, rel=1e-12)
+    mean = out["trace"]
+    assert out["stderr"] == pytest.approx((sum((s - mean) ** 2 for s in out["samples"]) / 4 / 5) ** 0.5)
+    assert out["hvps"] == 5
+
+
+def test_hutchinson_estimate_is_within_its_error_of_the_trace():
+    model, (x, y) = small_model("batch"), batch()
+    out = probes.hessian_trace(model, F.cross_entropy, x, y, samples=400, seed=3)
+    exact = float(torch.trace(dense(model, x, y, "train")[0]))
+    assert abs(out["trace"] - exact) < 4 * out["stderr"]
+    assert out["stderr"] < 0.2 * abs(exact)  # and the error bar is not vacuous
+
+
+@pytest.mark.parametrize("norm", ["none", "batch"])
+@pytest.mark.parametrize("k", [1, 3])
+def test_gradient_share_in_the_top_eigenspace_matches_the_dense_one(norm, k):
+    model, (x, y) = small_model(norm), batch()
+    out = probes.gradient_in_top_eigenspace(model, F.cross_entropy, x, y, k=k, iterations=200, tolerance=1e-12)
+    hessian, gradient = dense(model, x, y, "train")
+    _, vectors = torch.linalg.eigh(hessian)
+    top = vectors[:, -k:]
+    expected = float((top.T @ gradient).square().sum() / gradient.square().sum())
+    assert out["fraction"] == pytest.approx(expected, rel=1e-6, abs=1e-9)
+    assert 0 <= out["fraction"] <= 1
+
+
+def test_a_low_iteration_limit_is_reported_as_not_converged():
+    model, (x, y) = small_model("batch"), batch()
+    out = probes.hessian_eigenvalues(model, F.cross_entropy, x, y, k=2, iterations=2, tolerance=1e-12)
+    assert out["hvps"] == 2 and not out["converged"] and len(out["eigenvalues"]) == 2
+
+
+def test_bad_arguments_and_stacked_models_are_refused():
+    model, (x, y) = small_model("batch"), batch()
+    with pytest.raises(ValueError, match="mode"):
+        probes.hessian_eigenvalues(model, F.cross_entropy, x, y, mode="frozen")
+    with pytest.raises(ValueError, match="k must"):
+        probes.hessian_eigenvalues(model, F.cross_entropy, x, y, k=0)
+    with pytest.raises(ValueError, match="iterations"):
+        probes.hessian_eigenvalues(model, F.cross_entropy, x, y, k=3, iterations=2)
+    with pytest.raises(ValueError, match="samples"):
+        probes.hessian_trace(model, F.cross_entropy, x, y, samples=0)
+    stacked = StackedDLN([DeepLinearNet(3, 2, "batch") for _ in range(2)], "batch", 0.1, 1e-5, False)
+    with pytest.raises(ValueError, match="stacked"):
+        probes.hessian_eigenvalues(stacked, lambda out, t: out.square().sum((1, 2)), torch.randn(2, 3, 8), None)
+
+
+@pytest.mark.filterwarnings("ignore:Using backward")  # PyHessian calls backward(create_graph=True)
+def test_eval_mode_top_eigenvalue_matches_pyhessian():
+    """PyHessian (a dev dependency, used here only) measures the eval-mode function by power iteration."""
+    from pyhessian import hessian as PyHessian
+
+    model, (x, y) = small_model("torch_batch"), batch()
+    model = model.float()
+    x = x.float()
+    ours = probes.hessian_eigenvalues(model, F.cross_entropy, x, y, k=1, mode="eval", tolerance=1e-6)
+    torch.manual_seed(0)
+    theirs, _ = PyHessian(copy.deepcopy(model), F.cross_entropy, data=(x, y), cuda=False).eigenvalues(
+        maxIter=500, tol=1e-6, top_n=1)
+    assert ours["eigenvalues"][0] == pytest.approx(theirs[0], rel=1e-3)
+    train = probes.hessian_eigenvalues(model, F.cross_entropy, x, y, k=1, mode="train", tolerance=1e-6)
+    assert train["eigenvalues"][0] != pytest.approx(theirs[0], rel=1e-2)  # what PyHessian does not measure
