@@ -21,10 +21,13 @@ from bnlab.data.datasets import INPUT_SCALES
 from bnlab.models import MODELS, num_layers
 from bnlab.models.vgg import CONV_BIAS, HEADS, INITS, LAYOUTS
 from bnlab.norms import NORM_KINDS
+from bnlab.probes.measurement import MODES
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 NOT_IDENTITY = ("runtime", "logger", "experiment_name", "hydra")
 DATA_LOCATION = ("root", "cache_dir", "download", "sha256")
+PROBES = ("ics", "landscape", "activations", "bn_sigma", "hessian")
+ADDED_PROBES = ("hessian",)  # probes added after runs were stored: part of a run's identity only when enabled
 
 if not OmegaConf.has_resolver("mul"):
     OmegaConf.register_new_resolver("mul", lambda a, b: float(a) * float(b))
@@ -149,6 +152,20 @@ def _validate_probes(cfg, layers: int):
     _positive(cfg, "probes.activations.units", integer=True)
     q = p.activations.quantiles
     _check(len(q) > 0 and all(0 <= v <= 1 for v in q), "probes.activations.quantiles", list(q), "numbers in [0, 1]")
+    h = p.hessian
+    _check(isinstance(h.enabled, bool), "probes.hessian.enabled", h.enabled, "true or false")
+    if h.enabled:
+        _positive(cfg, "probes.hessian.every", integer=True)
+        _positive(cfg, "probes.hessian.k", integer=True)
+        modes = list(h.modes) if isinstance(h.modes, ListConfig | list) else h.modes
+        good = isinstance(modes, list) and 0 < len(modes) == len(set(modes)) and set(modes) <= set(MODES)
+        _check(good, "probes.hessian.modes", modes,
+               "a list of train (batch statistics) and/or eval (running statistics)")
+        _check(isinstance(h.iterations, int) and h.iterations >= h.k, "probes.hessian.iterations", h.iterations,
+               f"an integer >= probes.hessian.k ({h.k})")
+        _positive(cfg, "probes.hessian.tolerance")
+        _check(isinstance(h.trace_samples, int) and h.trace_samples >= 0, "probes.hessian.trace_samples",
+               h.trace_samples, "an integer >= 0 (0: no trace)")
 
 
 def _validate_runtime(cfg):
@@ -180,6 +197,10 @@ def identity(cfg: DictConfig) -> dict:
     for key in DATA_LOCATION:
         container.get("data", {}).pop(key, None)
     container.get("data", {}).get("eval", {}).pop("batch_size", None)
+    probes = container.get("probes", {})
+    for name in ADDED_PROBES:  # left out while off, so that the runs stored before it keep their keys
+        if not probes.get(name, {}).get("enabled", False):
+            probes.pop(name, None)
     model = container.get("model", {}).get("name")
     scale = container.get("scale", {})
     for other in [k for k, v in scale.items() if isinstance(v, dict) and k != model]:
@@ -193,7 +214,8 @@ def dry_run() -> bool:
 
 
 def probes_enabled(cfg: DictConfig) -> bool:
-    return any(cfg.probes[name].enabled for name in ("ics", "landscape", "activations", "bn_sigma"))
+    """Whether the run measures anything beyond training (a stored run's config may predate a probe)."""
+    return any(OmegaConf.select(cfg, f"probes.{name}.enabled", default=False) for name in PROBES)
 
 
 def trajectory_identity(cfg: DictConfig) -> dict:

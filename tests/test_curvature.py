@@ -52,7 +52,8 @@ def dense(model, x, y, mode: str, draw_seed: int = 0):
             params[name] = v[offset:offset + shape.numel()].view(shape)
             offset += shape.numel()
         torch.manual_seed(draw_seed)  # the draw the probe replays (noisy BatchNorm)
-        return F.cross_entropy(torch.func.functional_call(model, (params, dict(buffers)), (x,)), y)
+        fresh = {n: b.clone() for n, b in buffers.items()}  # batch statistics update running ones in place
+        return F.cross_entropy(torch.func.functional_call(model, (params, fresh), (x,)), y)
 
     hessian = torch.autograd.functional.hessian(loss, flat)
     gradient = torch.autograd.functional.jacobian(loss, flat)
@@ -177,3 +178,73 @@ def test_eval_mode_top_eigenvalue_matches_pyhessian():
     assert ours["eigenvalues"][0] == pytest.approx(theirs[0], rel=1e-3)
     train = probes.hessian_eigenvalues(model, F.cross_entropy, x, y, k=1, mode="train", tolerance=1e-6)
     assert train["eigenvalues"][0] != pytest.approx(theirs[0], rel=1e-2)  # what PyHessian does not measure
+
+
+# ------------------------------------------------------------------------- in the training loop
+
+SMALL_DLN = ["model=dln", "model.depth=3", "model.width=4", "norm=batch", "scale=smoke", "train.steps=12",
+             "probes=none", "probes.activations.layers=[1]", "logger=none", "runtime.progress=false",
+             "runtime.log_every=4"]
+HESSIAN = ["probes.hessian.enabled=true", "probes.hessian.every=5", "probes.hessian.k=2",
+           "probes.hessian.iterations=40", "probes.hessian.tolerance=1e-9", "probes.hessian.trace_samples=3"]
+
+
+def test_a_run_logs_the_hessian_at_its_interval_and_trains_as_without(runs_dir):
+    from runhelpers import metrics
+
+    from bnlab.config import compose
+    from bnlab.data.datasets import build_data
+    from bnlab.models import build_model
+    from bnlab.training.runner import run
+
+    plain, probed = metrics(run(compose(SMALL_DLN))), metrics(run(compose([*SMALL_DLN, *HESSIAN])))
+    for name in ("hessian_eig1_train", "hessian_eig2_eval", "hessian_trace_train", "hessian_trace_stderr_eval"):
+        assert probed[probed.metric == name].step.tolist() == [0, 5, 10], name
+    eig = {k: probed[probed.metric == f"hessian_eig{k}_train"].value.to_numpy() for k in (1, 2)}
+    assert (eig[1] >= eig[2]).all()
+    loss = probed[probed.metric == "loss"].reset_index(drop=True)
+    assert loss.equals(plain[plain.metric == "loss"].reset_index(drop=True))  # the trajectory, bit for bit
+
+    # step 0, recomputed independently: the dense Hessian of the step's loss at initialization
+    cfg = compose([*SMALL_DLN, *HESSIAN])
+    torch.manual_seed(cfg.seed)
+    data = build_data(cfg, torch.device("cpu"), torch.float32)
+    model = build_model(cfg).double()
+    x, y = (t.double() for t in data.train_batch(0))
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
+
+    def loss_of(v):
+        params, offset = {}, 0
+        for name, shape in zip(names, shapes, strict=True):
+            params[name] = v[offset:offset + shape.numel()].view(shape)
+            offset += shape.numel()
+        fresh = {n: b.clone() for n, b in buffers.items()}  # batch statistics update running ones in place
+        return data.loss(torch.func.functional_call(model, (params, fresh), (x,)), y)
+
+    for mode in ("train", "eval"):
+        model.train(mode == "train")
+        expected = torch.linalg.eigvalsh(torch.autograd.functional.hessian(loss_of, flat)).flip(0)[:2]
+        logged = [probed[(probed.metric == f"hessian_eig{k}_{mode}") & (probed.step == 0)].value.item() for k in (1, 2)]
+        assert logged == pytest.approx(expected.tolist(), rel=1e-4), mode
+
+
+def test_the_hessian_probe_is_validated_and_left_out_of_identity_while_off():
+    from bnlab.config import ConfigError, compose, identity, validate
+    from bnlab.training.stacking import stack_key
+
+    off = compose(SMALL_DLN)
+    assert "hessian" not in identity(off)["probes"]  # runs stored before the probe existed keep their keys
+    on = compose([*SMALL_DLN, *HESSIAN])
+    assert identity(on)["probes"]["hessian"]["k"] == 2
+    assert stack_key(off) is not None and stack_key(on) is None  # measured one run at a time
+    for override, key in (("probes.hessian.modes=[train,frozen]", "probes.hessian.modes"),
+                          ("probes.hessian.modes=[]", "probes.hessian.modes"),
+                          ("probes.hessian.k=0", "probes.hessian.k"),
+                          ("probes.hessian.iterations=1", "probes.hessian.iterations"),
+                          ("probes.hessian.every=0", "probes.hessian.every"),
+                          ("probes.hessian.trace_samples=-1", "probes.hessian.trace_samples")):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            validate(compose([*SMALL_DLN, *HESSIAN, override]))

@@ -11,6 +11,10 @@ paper's layer number (conv/linear layers counted from 1), 0 for whole-model metr
                                         sampled unit j of a layer: batch mean, variance, quantile q
     bn_sigma_mean, bn_sigma_median, bn_sigma_max
                                         over units of the batch std of a BatchNorm layer's input
+    hessian_eig<i>_<mode>               the i-th largest Hessian eigenvalue, mode train (batch statistics)
+                                        or eval (running statistics); hessian_hvps_<mode>: products used
+    hessian_trace_<mode>, hessian_trace_stderr_<mode>
+                                        Hutchinson's trace estimate and its standard error
 """
 
 from __future__ import annotations

@@ -46,6 +46,8 @@ class ProbeSchedule:
         self.unit_labels = {k: u.tolist() for k, u in self.units.items()}
         self.bn_numbers = self._batchnorm_layer_numbers()
         self.any_enabled = probes_enabled(cfg)
+        self.hessian = p.hessian if p.hessian.enabled else None
+        self.hessian_seed = 1_000_003 * seeds[0]  # Lanczos start vectors: one stream per run, never torch's
 
     def _batchnorm_layer_numbers(self) -> dict[str, int]:
         """A BatchNorm layer carries the number of the conv/linear layer it follows."""
@@ -58,7 +60,10 @@ class ProbeSchedule:
         return numbers
 
     def due(self, step: int) -> bool:
-        return step_kind(self.cfg, self.any_enabled, step) != "plain"
+        return step_kind(self.cfg, self.any_enabled, step) != "plain" or self._hessian_due(step)
+
+    def _hessian_due(self, step: int) -> bool:
+        return self.hessian is not None and step % self.hessian.every == 0
 
     def _activations_due(self, step: int) -> bool:
         """At every probe step, and the step after it when `consecutive` is set (step_kind "after"), for the
@@ -72,6 +77,8 @@ class ProbeSchedule:
         """`rows`: the metric rows of each run (one list entry for an ordinary model)."""
         p = self.cfg
         self.rng_before = rng_state(x.device)
+        if self._hessian_due(step):
+            self._record_hessian(step, x, y, rows)
         if self._activations_due(step):
             self._record_activations(step, x, rows)
         if step % p.every != 0:
@@ -96,6 +103,21 @@ class ProbeSchedule:
                 gamma = torch.ones_like(sigma) if weight is None else weight.detach().abs().double()
                 self._add(rows, step, "bn_gamma_median", layer, gamma.median(-1).values)
                 self._add(rows, step, "bn_gain_median", layer, (gamma / sigma).median(-1).values)
+
+    def _record_hessian(self, step: int, x, y, rows: list[MetricRows]) -> None:
+        """The Hessian's top eigenvalues (and trace) at theta_t on the step's batch, in each mode."""
+        h = self.hessian
+        for mode in h.modes:
+            out = probes.hessian_eigenvalues(self.model, self.loss_fn, x, y, h.k, mode, h.iterations, h.tolerance,
+                                             seed=self.hessian_seed + step)
+            for rank, value in enumerate(out["eigenvalues"], start=1):
+                self._add(rows, step, f"hessian_eig{rank}_{mode}", 0, value)
+            self._add(rows, step, f"hessian_hvps_{mode}", 0, out["hvps"])
+            if h.trace_samples:
+                trace = probes.hessian_trace(self.model, self.loss_fn, x, y, h.trace_samples, mode,
+                                             seed=self.hessian_seed + step)
+                self._add(rows, step, f"hessian_trace_{mode}", 0, trace["trace"])
+                self._add(rows, step, f"hessian_trace_stderr_{mode}", 0, trace["stderr"])
 
     def _add(self, rows: list[MetricRows], step: int, metric: str, layer: int, value) -> None:
         """One row per run: a stacked model's value has a run axis."""

@@ -30,11 +30,12 @@ SHARED_RUNTIME = ("device", "threads", "compile", "log_every", "checkpoint_every
 
 
 def stack_key(cfg: DictConfig) -> str | None:
-    """Runs with the same key can train as one stacked model: DLN runs without noise or momentum that
-    differ only in their seed. None: this run trains alone."""
+    """Runs with the same key can train as one stacked model: DLN runs without noise, momentum or
+    curvature probes that differ only in their seed. None: this run trains alone."""
     cfg = resolved(cfg)
     stackable = (cfg.model.name == "dln" and cfg.runtime.stack_seeds and not cfg.norm.noise.enabled
-                 and cfg.norm.kind in STACKABLE_NORMS and cfg.optim.momentum == 0)
+                 and cfg.norm.kind in STACKABLE_NORMS and cfg.optim.momentum == 0
+                 and not cfg.probes.hessian.enabled)  # the curvature probes measure one run at a time
     if not stackable:
         return None
     ident = identity(cfg)
