@@ -28,18 +28,24 @@ def plan(cfgs) -> tuple[dict, set, set, dict]:
     the rest, to train ({directory: cfg})."""
     needed = {str(store.run_dir(cfg)): cfg for cfg in cfgs}
     stored = {d for d, cfg in needed.items() if store.is_finished(store.find_run(cfg))}
-    probed = {_trajectory(c) for d, c in needed.items() if d not in stored and probes_enabled(c)}
-    twins = {d for d, c in needed.items() if d not in stored and not probes_enabled(c) and _trajectory(c) in probed}
+    twins = _served_by_twins({d: c for d, c in needed.items() if d not in stored})
     todo = {d: cfg for d, cfg in needed.items() if d not in stored and d not in twins}
     return needed, stored, twins, todo
 
 
 def fresh_runs(cfgs) -> list:
-    """The runs `cfgs` need trained from nothing: distinct runs, less the unprobed ones that a probed run
-    of the same trajectory serves."""
+    """The runs `cfgs` need trained into an empty store: distinct runs, less the unprobed ones that a
+    probed run of the same trajectory serves."""
     needed = {str(store.run_dir(cfg)): cfg for cfg in cfgs}
-    probed = {_trajectory(c) for c in needed.values() if probes_enabled(c)}
-    return [c for c in needed.values() if probes_enabled(c) or _trajectory(c) not in probed]
+    twins = _served_by_twins(needed)
+    return [c for d, c in needed.items() if d not in twins]
+
+
+def _served_by_twins(pending: dict) -> set:
+    """The unprobed runs of `pending` ({directory: cfg}) that a probed run of it with the same trajectory
+    serves (their training metrics are the same, bit for bit)."""
+    probed = {_trajectory(c) for c in pending.values() if probes_enabled(c)}
+    return {d for d, c in pending.items() if not probes_enabled(c) and _trajectory(c) in probed}
 
 
 def duration(seconds: float) -> str:
