@@ -38,7 +38,7 @@ def batch(seed: int = 1):
     return torch.randn(16, 4, generator=g, dtype=torch.float64), torch.randint(0, 3, (16,), generator=g)
 
 
-def dense(model, x, y, mode: str, draw_seed: int = 0):
+def dense(model, x, y, mode: str, draw_seed: int = 0, loss_fn=F.cross_entropy):
     """(Hessian, gradient) of the loss over the flattened parameters, on a copy of the model in `mode`."""
     model = copy.deepcopy(model).train(mode == "train")
     names = [n for n, _ in model.named_parameters()]
@@ -53,7 +53,7 @@ def dense(model, x, y, mode: str, draw_seed: int = 0):
             offset += shape.numel()
         torch.manual_seed(draw_seed)  # the draw the probe replays (noisy BatchNorm)
         fresh = {n: b.clone() for n, b in buffers.items()}  # batch statistics update running ones in place
-        return F.cross_entropy(torch.func.functional_call(model, (params, fresh), (x,)), y)
+        return loss_fn(torch.func.functional_call(model, (params, fresh), (x,)), y)
 
     hessian = torch.autograd.functional.hessian(loss, flat)
     gradient = torch.autograd.functional.jacobian(loss, flat)
@@ -211,22 +211,8 @@ def test_a_run_logs_the_hessian_at_its_interval_and_trains_as_without(runs_dir):
     data = build_data(cfg, torch.device("cpu"), torch.float32)
     model = build_model(cfg).double()
     x, y = (t.double() for t in data.train_batch(0))
-    names = [n for n, _ in model.named_parameters()]
-    shapes = [p.shape for p in model.parameters()]
-    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-    buffers = {n: b.clone() for n, b in model.named_buffers()}
-
-    def loss_of(v):
-        params, offset = {}, 0
-        for name, shape in zip(names, shapes, strict=True):
-            params[name] = v[offset:offset + shape.numel()].view(shape)
-            offset += shape.numel()
-        fresh = {n: b.clone() for n, b in buffers.items()}  # batch statistics update running ones in place
-        return data.loss(torch.func.functional_call(model, (params, fresh), (x,)), y)
-
     for mode in ("train", "eval"):
-        model.train(mode == "train")
-        expected = torch.linalg.eigvalsh(torch.autograd.functional.hessian(loss_of, flat)).flip(0)[:2]
+        expected = torch.linalg.eigvalsh(dense(model, x, y, mode, loss_fn=data.loss)[0]).flip(0)[:2]
         logged = [probed[(probed.metric == f"hessian_eig{k}_{mode}") & (probed.step == 0)].value.item() for k in (1, 2)]
         assert logged == pytest.approx(expected.tolist(), rel=1e-4), mode
 
