@@ -142,6 +142,14 @@ def test_gradient_share_in_the_top_eigenspace_matches_the_dense_one(norm, k):
     assert 0 <= out["fraction"] <= 1
 
 
+def test_an_invariant_krylov_space_restarts_rather_than_dividing_by_zero():
+    # H = I: the first product returns the start vector, so the Krylov space is one-dimensional
+    model = nn.Linear(2, 1, bias=False).double()
+    x, y = torch.eye(2, dtype=torch.float64), torch.zeros(2, 1, dtype=torch.float64)
+    out = probes.hessian_eigenvalues(model, F.mse_loss, x, y, k=2, iterations=10, tolerance=1e-10)
+    assert out["eigenvalues"] == pytest.approx([1.0, 1.0]) and out["converged"] and out["hvps"] == 2
+
+
 def test_a_low_iteration_limit_is_reported_as_not_converged():
     model, (x, y) = small_model("batch"), batch()
     out = probes.hessian_eigenvalues(model, F.cross_entropy, x, y, k=2, iterations=2, tolerance=1e-12)

@@ -57,7 +57,10 @@ class _Hessian:
 def _lanczos(hessian: _Hessian, k: int, iterations: int, tolerance: float, generator: torch.Generator):
     """The k largest eigenvalues (descending) of the Hessian and their unit eigenvectors (rows), by Lanczos
     with full reorthogonalization; stops when each of the k Ritz values' residual is below `tolerance`
-    times its size, or after `iterations` products. Returns (values, vectors, converged)."""
+    times its size, or after `iterations` products. Returns (values, vectors, converged).
+
+    As any single-vector Lanczos, it finds each distinct eigenvalue once: a top eigenvalue of multiplicity
+    two shows once among the k, unless the Krylov space runs out first (then it restarts orthogonally)."""
     if hessian.size < k:
         raise ValueError(f"k={k} eigenvalues asked of a model with {hessian.size} parameters")
     iterations = min(iterations, hessian.size)
@@ -88,8 +91,16 @@ def _lanczos(hessian: _Hessian, k: int, iterations: int, tolerance: float, gener
             converged = True
             break
         if j + 1 < iterations:
+            if exhausted:  # fewer than k Ritz values so far: go on from a new vector orthogonal to them all
+                w = hessian.random(generator)
+                stacked = torch.stack(basis)
+                for _ in range(2):
+                    w = w - stacked.T @ (stacked @ w)
+                beta, w = 0.0, w / torch.linalg.vector_norm(w)  # the tridiagonal matrix splits into blocks
+            else:
+                w = w / beta
             betas.append(beta)
-            basis.append(w / beta)
+            basis.append(w)
     chosen = list(top)
     values = [float(ritz[i]) for i in chosen]
     coefficients = vectors[:, chosen].to(basis[0].dtype).to(basis[0].device)
