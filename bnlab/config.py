@@ -26,11 +26,14 @@ from bnlab.probes.measurement import MODES
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 NOT_IDENTITY = ("runtime", "logger", "experiment_name", "hydra")
 DATA_LOCATION = ("root", "cache_dir", "download", "sha256")
-PROBES = ("ics", "landscape", "activations", "bn_sigma", "hessian")
-ADDED_PROBES = ("hessian",)  # probes added after runs were stored: part of a run's identity only when enabled
+PROBES = ("ics", "landscape", "activations", "bn_sigma", "hessian", "theorems")
+# probes added after runs were stored: part of a run's identity only when enabled
+ADDED_PROBES = ("hessian", "theorems")
 
 if not OmegaConf.has_resolver("mul"):
     OmegaConf.register_new_resolver("mul", lambda a, b: float(a) * float(b))
+if not OmegaConf.has_resolver("imul"):  # a multiple of an interval in steps, an integer
+    OmegaConf.register_new_resolver("imul", lambda a, b: int(a) * int(b))
 
 
 class ConfigError(ValueError):
@@ -166,6 +169,13 @@ def _validate_probes(cfg, layers: int):
         _positive(cfg, "probes.hessian.tolerance")
         _check(isinstance(h.trace_samples, int) and h.trace_samples >= 0, "probes.hessian.trace_samples",
                h.trace_samples, "an integer >= 0 (0: no trace)")
+    t = p.theorems
+    _check(isinstance(t.enabled, bool), "probes.theorems.enabled", t.enabled, "true or false")
+    if t.enabled:
+        _positive(cfg, "probes.theorems.every", integer=True)
+        _positive(cfg, "probes.theorems.units", integer=True)
+        _check(isinstance(t.tolerance, int | float) and 0 <= t.tolerance < 1, "probes.theorems.tolerance",
+               t.tolerance, "a number in [0, 1)")
 
 
 def _validate_runtime(cfg):

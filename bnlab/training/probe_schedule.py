@@ -48,6 +48,8 @@ class ProbeSchedule:
         self.any_enabled = probes_enabled(cfg)
         self.hessian = p.hessian if p.hessian.enabled else None
         self.hessian_seed = 1_000_003 * seeds[0]  # Lanczos start vectors: one stream per run, never torch's
+        theorems = p.get("theorems")
+        self.theorems = theorems if theorems is not None and theorems.enabled else None
 
     def _batchnorm_layer_numbers(self) -> dict[str, int]:
         """A BatchNorm layer carries the number of the conv/linear layer it follows."""
@@ -60,10 +62,14 @@ class ProbeSchedule:
         return numbers
 
     def due(self, step: int) -> bool:
-        return step_kind(self.cfg, self.any_enabled, step) != "plain" or self._hessian_due(step)
+        return step_kind(self.cfg, self.any_enabled, step) != "plain" or self._hessian_due(step) or \
+            self._theorems_due(step)
 
     def _hessian_due(self, step: int) -> bool:
         return self.hessian is not None and step % self.hessian.every == 0
+
+    def _theorems_due(self, step: int) -> bool:
+        return self.theorems is not None and step % self.theorems.every == 0
 
     def _activations_due(self, step: int) -> bool:
         """At every probe step, and the step after it when `consecutive` is set (step_kind "after"), for the
@@ -79,6 +85,8 @@ class ProbeSchedule:
         self.rng_before = rng_state(x.device)
         if self._hessian_due(step):
             self._record_hessian(step, x, y, rows)
+        if self._theorems_due(step):
+            self._record_theorems(step, x, y, rows)
         if self._activations_due(step):
             self._record_activations(step, x, rows)
         if step % p.every != 0:
@@ -118,6 +126,15 @@ class ProbeSchedule:
                                              seed=self.hessian_seed + step)
                 self._add(rows, step, f"hessian_trace_{mode}", 0, trace["trace"])
                 self._add(rows, step, f"hessian_trace_stderr_{mode}", 0, trace["stderr"])
+
+    def _record_theorems(self, step: int, x, y, rows: list[MetricRows]) -> None:
+        """Theorems 4.1 and 4.2 at theta_t on the step's batch, summarized per BatchNorm layer (theorem_rows)."""
+        t = self.theorems
+        units = torch.Generator().manual_seed(self.hessian_seed + 7 * step + 1)  # Theorem 4.2's units, per step
+        result = probes.batchnorm_theorems(self.model, self.loss_fn, x, y, t.units, units)
+        for name, measured in result.items():
+            for metric, value in theorem_rows(measured, t.tolerance).items():
+                self._add(rows, step, metric, self.bn_numbers[name], value)
 
     def _add(self, rows: list[MetricRows], step: int, metric: str, layer: int, value) -> None:
         """One row per run: a stacked model's value has a run axis."""
@@ -159,6 +176,34 @@ class ProbeSchedule:
         for name, values in result.items():
             self._add(rows, step, "ics_l2", self.number[name], values["l2"])
             self._add(rows, step, "ics_cos", self.number[name], values["cos"])
+
+
+def theorem_rows(r: dict, tolerance: float) -> dict[str, float]:
+    """One layer's measurement (bnlab.probes.batchnorm_theorems) as metrics over its units: the share of units
+    where each inequality holds (a side within `tolerance` x the first term still counts), the gaps
+    (right - left side) / first term (0: tight; below 0: violated), and each reduction term / the first.
+    Units whose gradient vanishes (first term 0: both sides 0) count as holding, with gap 0."""
+    def ratio(a, b):
+        return torch.where(b > 0, a / torch.where(b > 0, b, 1), torch.zeros_like(a))
+
+    first41 = r["first"]
+    gap41, printed41 = ratio(r["rhs41"] - r["lhs41"], first41), ratio(r["rhs41_printed"] - r["lhs41"], first41)
+    size42 = r["hessian_term"].abs() + r["reduction42"].abs()
+    gap42 = ratio(r["rhs42"] - r["lhs42"], size42)
+    return {
+        "thm41_holds": float((gap41 >= -tolerance).double().mean()),
+        "thm41_printed_holds": float((printed41 >= -tolerance).double().mean()),
+        "thm41_gap_median": float(gap41.median()), "thm41_gap_min": float(gap41.min()),
+        "thm41_printed_gap_median": float(printed41.median()), "thm41_printed_gap_min": float(printed41.min()),
+        "thm41_mean_share": float(ratio(r["mean_term"], first41).median()),
+        "thm41_corr_share": float(ratio(r["corr_term"], first41).median()),
+        "thm41_scale": float(r["scale"].median()),
+        "thm_corr_positive": float((r["corr"] > 0).double().mean()),
+        "thm42_holds": float((gap42 >= -tolerance).double().mean()),
+        "thm42_gap_median": float(gap42.median()), "thm42_gap_min": float(gap42.min()),
+        "thm42_reduction_share": float(ratio(r["reduction42"], r["hessian_term"].abs()).median()),
+        "thm42_hessian_nonneg": float((r["hessian_term"] >= 0).double().mean()),
+    }
 
 
 def step_kind(p, enabled: bool, step: int) -> str:

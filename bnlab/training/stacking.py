@@ -35,7 +35,8 @@ def stack_key(cfg: DictConfig) -> str | None:
     cfg = resolved(cfg)
     stackable = (cfg.model.name == "dln" and cfg.runtime.stack_seeds and not cfg.norm.noise.enabled
                  and cfg.norm.kind in STACKABLE_NORMS and cfg.optim.momentum == 0
-                 and not cfg.probes.hessian.enabled)  # the curvature probes measure one run at a time
+                 and not cfg.probes.hessian.enabled  # the curvature probes measure one run at a time
+                 and not OmegaConf.select(cfg, "probes.theorems.enabled", default=False))
     if not stackable:
         return None
     ident = identity(cfg)
