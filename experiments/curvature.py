@@ -3,8 +3,8 @@
 Row per model (VGG, DLN): (a) the top eigenvalue with batch statistics (the loss SGD optimizes; solid) and,
 for BatchNorm, with running statistics (what PyHessian measures; dashed), beside the paper's effective
 beta (dotted) and 2/lr (black); (b) the top 3 eigenvalues with batch statistics; (c) the trace
-(Hutchinson), both modes. A network without BatchNorm computes the same function in both modes, so its
-eval-mode curves are not drawn.
+(Hutchinson; an estimate that comes out negative is not drawn), both modes. A network without BatchNorm
+computes the same function in both modes, so its eval-mode curves are not drawn.
 
 The claims were written before the runs they judge were drawn; each cites what predicts it: the paper's
 smoothness claim, Ghorbani et al. 2019 (outlier eigenvalues vanish with BatchNorm and return with
@@ -23,11 +23,20 @@ ORDER = 20  # beyond the paper: after its figures
 
 MODELS = {"vgg": "VGG", "dln": "DLN"}
 NORMS = ("none", "batch")
+SHORT = {"none": "Standard", "batch": "BatchNorm"}  # legend labels: six entries share one panel
 LATE = 0.2  # "during training", for the 2/lr claim: after the first 20% of the run (Cohen et al.'s sharpening)
 
 
 def _eig(run, mode: str, rank: int = 1):
     return run.series(f"hessian_eig{rank}_{mode}")
+
+
+def _room_for_legend(ax):
+    """The legend above the curves: the log axis raised by a factor of 30 leaves it a band of its own."""
+    bottom, top = ax.get_ylim()
+    if ax.get_yscale() == "log":
+        ax.set_ylim(bottom, top * 30)
+    ax.legend(fontsize=7, loc="upper right", ncol=2)
 
 
 def _positive_log(ax, values):
@@ -36,7 +45,7 @@ def _positive_log(ax, values):
 
 def _top_panel(ax, runs):
     for norm in NORMS:
-        label, color = NORM_STYLE[norm]
+        color, label = NORM_STYLE[norm][1], SHORT[norm]
         chosen = select(runs, norm=norm)
         mean_band(ax, [_eig(r, "train") for r in chosen], f"{label}: λ₁ batch stats", color, log=True)
         if norm == "batch":
@@ -45,14 +54,14 @@ def _top_panel(ax, runs):
     lr = runs[0].cfg.optim.lr
     ax.axhline(2 / lr, color="black", lw=1, label="2 / lr")
     ax.set_yscale("log"), ax.set_ylabel("Top eigenvalue / β")
-    ax.legend(fontsize=7)
+    _room_for_legend(ax)
 
 
 def _topk_panel(ax, runs):
     k = runs[0].cfg.probes.hessian.k
     values = []
     for norm in NORMS:
-        label, color = NORM_STYLE[norm]
+        color, label = NORM_STYLE[norm][1], SHORT[norm]
         chosen = select(runs, norm=norm)
         for rank in range(1, k + 1):
             series = [_eig(r, "train", rank) for r in chosen]
@@ -60,21 +69,22 @@ def _topk_panel(ax, runs):
             mean_band(ax, series, f"{label}: λ{rank}" if rank in (1, k) else None, color, log=True,
                       alpha=1.0 - 0.3 * (rank - 1), lw=1.5 - 0.4 * (rank - 1))
     _positive_log(ax, values)
-    ax.set_ylabel(f"Top {k} eigenvalues (batch stats)"), ax.legend(fontsize=7)
+    ax.set_ylabel(f"Top {k} eigenvalues (batch stats)")
+    _room_for_legend(ax)
 
 
 def _trace_panel(ax, runs):
-    values = []
+    """Log axis: a Hutchinson estimate of a trace near 0 can come out negative (few samples); such points are
+    left out (mean_band's log mode)."""
     for norm in NORMS:
-        label, color = NORM_STYLE[norm]
+        color, label = NORM_STYLE[norm][1], SHORT[norm]
         chosen = select(runs, norm=norm)
         for mode, style in (("train", "-"), ("eval", "--")) if norm == "batch" else (("train", "-"),):
             series = [r.series(f"hessian_trace_{mode}") for r in chosen]
-            values += [v for s in series for v in s.tolist()]
             stats = "batch stats" if mode == "train" else "running stats"
-            mean_band(ax, series, f"{label}: {stats}", color, ls=style)
-    _positive_log(ax, values)
-    ax.set_ylabel("Hessian trace (Hutchinson)"), ax.legend(fontsize=7)
+            mean_band(ax, series, f"{label}: {stats}", color, log=True, ls=style)
+    ax.set_yscale("log"), ax.set_ylabel("Hessian trace (Hutchinson)")
+    _room_for_legend(ax)
 
 
 def draw(runs, path):

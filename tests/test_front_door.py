@@ -74,7 +74,8 @@ def test_estimated_seconds_follows_steps_width_and_probes():
 @pytest.mark.parametrize("overrides", [
     ["model=vgg", "scale=smoke", "train.steps=97"], ["model=dln", "scale=smoke", "train.steps=1000"],
     ["model=dln", "probes=none", "train.steps=50"], ["model=vgg", "scale=smoke", "train.steps=5"],
-    ["model=vgg", "probes.every=1", "train.steps=9"]])
+    ["model=vgg", "probes.every=1", "train.steps=9"],
+    ["experiment=curvature", "model=dln", "scale=smoke", "train.steps=333", "probes.theorems.every=7"]])
 def test_step_kinds_counts_each_step_as_the_loop_treats_it(overrides):
     cfg = compose(overrides)
     naive = {"plain": 0, "probe": 0, "after": 0}
@@ -82,6 +83,10 @@ def test_step_kinds_counts_each_step_as_the_loop_treats_it(overrides):
         naive[step_kind(cfg.probes, probes_enabled(cfg), step)] += 1
     kinds = costs.step_kinds(cfg)
     assert {k: kinds[k] for k in naive} == naive and kinds["first"] == 1
+    for curvature in ("hessian", "theorems"):  # measured at step 0 and every `every` steps, on top of the step
+        probe = cfg.probes[curvature]
+        due = sum(1 for step in range(cfg.train.steps) if probe.enabled and step % probe.every == 0)
+        assert kinds.get(curvature, 0) == due, curvature
 
 
 def test_figure_dry_run_plans_without_training_or_touching_the_data(runs_dir, tmp_path, monkeypatch, capsys):

@@ -239,3 +239,83 @@ def test_noisy_batchnorm_is_skipped_and_bad_input_refused():
     data_first = nn.Sequential(make_norm("batch", 4), nn.Linear(4, 3)).double()
     with pytest.raises(ValueError, match="pre-normalization"):
         probes.batchnorm_theorems(data_first, F.cross_entropy, x, target)
+
+
+# ------------------------------------------------------------------------- in the training loop
+
+SMALL_DLN = ["model=dln", "model.depth=3", "model.width=4", "norm=batch", "scale=smoke", "train.steps=12",
+             "probes=none", "probes.activations.layers=[1]", "logger=none", "runtime.progress=false",
+             "runtime.log_every=4"]
+THEOREMS = ["probes.theorems.enabled=true", "probes.theorems.every=5", "probes.theorems.units=2"]
+
+
+def test_theorem_rows_summarize_units_as_a_naive_loop_does():
+    from bnlab.training.probe_schedule import theorem_rows
+
+    g = torch.Generator().manual_seed(0)
+    n = 9
+    r = {key: torch.randn(n, generator=g, dtype=torch.float64) for key in
+         ("lhs41", "rhs41", "rhs41_printed", "mean_term", "corr_term", "corr", "lhs42", "rhs42", "hessian_term",
+          "reduction42")}
+    r["first"] = torch.rand(n, generator=g, dtype=torch.float64)
+    r["first"][3] = 0.0  # a unit whose gradient vanishes: holds, gap 0
+    r["scale"] = torch.rand(n, generator=g, dtype=torch.float64)
+    rows = theorem_rows(r, tolerance=0.1)
+
+    def gap(right, left, size):
+        return [(float(right[i]) - float(left[i])) / float(size[i]) if size[i] > 0 else 0.0 for i in range(n)]
+
+    gaps = gap(r["rhs41"], r["lhs41"], r["first"])
+    size42 = [abs(float(a)) + abs(float(b)) for a, b in zip(r["hessian_term"], r["reduction42"], strict=True)]
+    gaps42 = gap(r["rhs42"], r["lhs42"], size42)
+    assert rows["thm41_holds"] == pytest.approx(sum(x >= -0.1 for x in gaps) / n)
+    assert rows["thm41_gap_min"] == pytest.approx(min(gaps))
+    assert rows["thm41_gap_median"] == pytest.approx(sorted(gaps)[n // 2])
+    assert rows["thm42_holds"] == pytest.approx(sum(x >= -0.1 for x in gaps42) / n)
+    assert rows["thm_corr_positive"] == pytest.approx(sum(float(c) > 0 for c in r["corr"]) / n)
+    assert rows["thm42_hessian_nonneg"] == pytest.approx(sum(float(h) >= 0 for h in r["hessian_term"]) / n)
+    shares = [float(r["corr_term"][i]) / float(r["first"][i]) if r["first"][i] > 0 else 0.0 for i in range(n)]
+    assert rows["thm41_corr_share"] == pytest.approx(sorted(shares)[n // 2])
+
+
+def test_a_run_logs_the_theorems_at_their_interval_and_trains_as_without(runs_dir):
+    from runhelpers import metrics
+
+    from bnlab.config import compose
+    from bnlab.data.datasets import build_data
+    from bnlab.models import build_model
+    from bnlab.training.probe_schedule import theorem_rows
+    from bnlab.training.runner import run
+
+    plain, probed = metrics(run(compose(SMALL_DLN))), metrics(run(compose([*SMALL_DLN, *THEOREMS])))
+    holds = probed[probed.metric == "thm41_holds"]
+    assert sorted(set(holds.step)) == [0, 5, 10] and sorted(set(holds.layer)) == [1, 2]  # BatchNorm after layers 1, 2
+    loss = probed[probed.metric == "loss"].reset_index(drop=True)
+    assert loss.equals(plain[plain.metric == "loss"].reset_index(drop=True))  # the trajectory, bit for bit
+
+    cfg = compose([*SMALL_DLN, *THEOREMS])  # step 0 again, by calling the probe on the initial model
+    torch.manual_seed(cfg.seed)
+    data = build_data(cfg, torch.device("cpu"), torch.float32)
+    model = build_model(cfg)
+    x, y = data.train_batch(0)
+    result = probes.batchnorm_theorems(model, data.loss, x, y, units=None)
+    for layer, (name, measured) in enumerate(result.items(), start=1):
+        expected = theorem_rows(measured, cfg.probes.theorems.tolerance)
+        logged = probed[(probed.step == 0) & (probed.layer == layer)].set_index("metric").value
+        for metric in ("thm41_holds", "thm41_printed_holds", "thm41_gap_median", "thm41_corr_share", "thm41_scale"):
+            assert logged[metric] == pytest.approx(expected[metric], rel=1e-5, abs=1e-9), (name, metric)
+
+
+def test_the_theorem_probe_is_validated_and_left_out_of_identity_while_off():
+    from bnlab.config import ConfigError, compose, identity, validate
+    from bnlab.training.stacking import stack_key
+
+    off, on = compose(SMALL_DLN), compose([*SMALL_DLN, *THEOREMS])
+    assert "theorems" not in identity(off)["probes"] and identity(on)["probes"]["theorems"]["units"] == 2
+    assert stack_key(off) is not None and stack_key(on) is None  # measured one run at a time
+    for override, key in (("probes.theorems.units=0", "probes.theorems.units"),
+                          ("probes.theorems.every=-1", "probes.theorems.every"),
+                          ("probes.theorems.tolerance=2", "probes.theorems.tolerance"),
+                          ("probes.theorems.enabled=maybe", "probes.theorems.enabled")):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            validate(compose([*SMALL_DLN, *THEOREMS, override]))
