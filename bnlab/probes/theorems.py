@@ -7,7 +7,7 @@ gradient with respect to the output ("grad_y L" of the paper's identical non-BN 
 v = dL/dy the gradient with respect to the input.
 
 Theorem 4.1 as printed:  |v|^2 <= gamma^2/sigma^2 (|g|^2 - <1,g>^2 / m - <g,y-hat>^2 / sqrt(m)).
-Derived (docs in tests/test_theorems.py): BatchNorm's backward pass is v = gamma/sigma P g with
+Derived (step by step in tests/test_theorems.py): BatchNorm's backward pass is v = gamma/sigma P g with
 P = I - 1 1^T/m - y-hat y-hat^T/m. With eps = 0, |y-hat|^2 = m and P is the orthogonal projection off 1 and
 y-hat, so |v|^2 = gamma^2/sigma^2 (|g|^2 - <1,g>^2/m - <g,y-hat>^2/m): an equality, with 1/m in the last term.
 The proof's step from (8) to (9) divides <g,y-hat>^2 by |y-hat|, not |y-hat|^2 = m. Since 1/sqrt(m) > 1/m,
@@ -132,4 +132,4 @@ def _layer(module, y, z, grad_y, grad_z, units, generator) -> dict:
     hessian_term = torch.tensor(hessian_term, dtype=torch.float64, device=ys.device)
     out.update({"units42": chosen, "lhs42": torch.tensor(lhs42, dtype=torch.float64, device=ys.device),
                 "hessian_term": hessian_term, "reduction42": reduction, "rhs42": hessian_term - reduction})
-    return {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in out.items()}
+    return {key: (value.cpu() if isinstance(value, torch.Tensor) else value) for key, value in out.items()}

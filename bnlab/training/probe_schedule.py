@@ -182,7 +182,8 @@ def theorem_rows(r: dict, tolerance: float) -> dict[str, float]:
     """One layer's measurement (bnlab.probes.batchnorm_theorems) as metrics over its units: the share of units
     where each inequality holds (a side within `tolerance` x the first term still counts), the gaps
     (right - left side) / first term (0: tight; below 0: violated), and each reduction term / the first.
-    Units whose gradient vanishes (first term 0: both sides 0) count as holding, with gap 0."""
+    Units whose gradient vanishes (first term 0: both sides 0) count as holding, with gap 0. Medians are
+    torch's: the lower middle value of an even count."""
     def ratio(a, b):
         return torch.where(b > 0, a / torch.where(b > 0, b, 1), torch.zeros_like(a))
 
