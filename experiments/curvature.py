@@ -17,11 +17,10 @@ import numpy as np
 
 from experiments.lib.claims import Claim, geomean, spread
 from experiments.lib.plotting import NORM_STYLE, mean_band, steps_axis
-from experiments.lib.runs import by_model, select
+from experiments.lib.runs import each_model, select
 
 ORDER = 20  # beyond the paper: after its figures
 
-MODELS = {"vgg": "VGG", "dln": "DLN"}
 NORMS = ("none", "batch")
 SHORT = {"none": "Standard", "batch": "BatchNorm"}  # legend labels: six entries share one panel
 LATE = 0.2  # "during training", for the 2/lr claim: after the first 20% of the run (Cohen et al.'s sharpening)
@@ -88,13 +87,12 @@ def _trace_panel(ax, runs):
 
 
 def draw(runs, path):
-    models = [m for m in MODELS if by_model(runs, m)]
+    models = each_model(runs)
     fig, axes = plt.subplots(len(models), 3, figsize=(16, 4.2 * len(models)), squeeze=False)
-    for row, model in zip(axes, models, strict=True):
-        chosen = by_model(runs, model)
+    for row, (name, chosen) in zip(axes, models, strict=True):
         _top_panel(row[0], chosen), _topk_panel(row[1], chosen), _trace_panel(row[2], chosen)
         for ax, letter in zip(row, "abc", strict=True):
-            ax.set_title(f"{MODELS[model]} ({letter})")
+            ax.set_title(f"{name} ({letter})")
             steps_axis(ax, chosen[0].cfg.train.steps)
     fig.suptitle("The Hessian of the loss over training: batch statistics (what SGD optimizes) and running "
                  "statistics (what PyHessian measures)")
@@ -121,12 +119,7 @@ EFFECTIVE = ("Section 3.2: 'the loss exhibits a significantly better \"effective
 
 
 def claims(runs):
-    out = []
-    for model, name in MODELS.items():
-        chosen = by_model(runs, model)
-        if chosen:
-            out += _model_claims(chosen, name)
-    return out
+    return [claim for name, chosen in each_model(runs) for claim in _model_claims(chosen, name)]
 
 
 def _model_claims(runs, name: str) -> list[Claim]:

@@ -16,11 +16,10 @@ import numpy as np
 import pandas as pd
 
 from experiments.lib.claims import Claim
-from experiments.lib.runs import by_model
+from experiments.lib.runs import each_model
 
 ORDER = 21  # beyond the paper: after its figures and the curvature study
 
-MODELS = {"vgg": "VGG", "dln": "DLN"}
 SIGNIFICANT = 0.1  # "significant": the reduction terms remove at least a tenth of the first term
 MILD = 0.9  # "fairly mild assumptions": they hold at nine units in ten or more
 
@@ -40,14 +39,13 @@ def _every_value(runs, metric: str) -> np.ndarray:
 
 
 def draw(runs, path):
-    models = [m for m in MODELS if by_model(runs, m)]
+    models = each_model(runs)
     fig, axes = plt.subplots(len(models), 4, figsize=(19, 4.2 * len(models)), squeeze=False)
-    for row, model in zip(axes, models, strict=True):
-        chosen = by_model(runs, model)
+    for row, (name, chosen) in zip(axes, models, strict=True):
         _holds_panel(row[0], chosen), _gap_panel(row[1], chosen), _reduction_panel(row[2], chosen)
         _assumptions_panel(row[3], chosen)
         for ax, letter in zip(row, "abcd", strict=True):
-            ax.set_title(f"{MODELS[model]} ({letter})")
+            ax.set_title(f"{name} ({letter})")
             ax.set_xlabel("BatchNorm layer (after conv/linear layer #)")
     fig.suptitle("Theorems 4.1 and 4.2 measured per BatchNorm layer, over units and training steps")
     fig.tight_layout()
@@ -111,12 +109,7 @@ SCALE = ("Section 4.2: 'σ_j tends to be large and highly uncontrolled in practi
 
 
 def claims(runs):
-    out = []
-    for model, name in MODELS.items():
-        chosen = by_model(runs, model)
-        if chosen:
-            out += _model_claims(chosen, name)
-    return out
+    return [claim for name, chosen in each_model(runs) for claim in _model_claims(chosen, name)]
 
 
 def _everywhere(runs, key: str, text: str, tolerance: float) -> tuple[bool, str, dict]:

@@ -119,6 +119,15 @@ def by_model(runs: list[Run], model: str) -> list[Run]:
     return select(runs, **{"model.name": model})
 
 
+MODEL_NAMES = {"vgg": "VGG", "dln": "DLN"}
+
+
+def each_model(runs: list[Run]) -> list[tuple[str, list[Run]]]:
+    """(display name, its runs) for each model that has runs, VGG first: a figure over both models drawn from
+    one model's runs (`bnlab-figure NAME model=dln`) shows that model alone."""
+    return [(name, by_model(runs, model)) for model, name in MODEL_NAMES.items() if by_model(runs, model)]
+
+
 def smoothed(series: pd.Series, steps: int) -> pd.Series:
     """Per-step batch values averaged over a trailing window of 2% of the run (the paper's curves are smoothed
     too): the training accuracy curves."""
