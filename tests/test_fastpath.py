@@ -9,7 +9,9 @@ import torch
 from runhelpers import HostReads, metrics
 
 from bnlab.config import compose
+from bnlab.models.vgg import VGG
 from bnlab.training.loop import Trainer
+from bnlab.training.probe_schedule import second_order_layout
 from bnlab.training.runner import run
 
 
@@ -36,9 +38,47 @@ def test_channels_last_trains_like_the_default_layout(tiny_cifar, tmp_path):
     assert_close(metrics(channels_last), metrics(default), rtol=1e-9)
 
 
-def test_channels_last_auto_is_off_on_a_cpu_and_for_the_dln(tmp_path):
-    cfg = compose(["scale=smoke", "logger=none", f"runtime.runs_dir={tmp_path}"])
-    assert Trainer(cfg, tmp_path / "a").channels_last is False
+def test_channels_last_auto_is_on_for_the_conv_net_on_a_cpu_and_off_for_the_dln(tiny_cifar, tmp_path):
+    dln = compose(["scale=smoke", "logger=none", f"runtime.runs_dir={tmp_path}"])
+    assert Trainer(dln, tmp_path / "a").channels_last is False
+    vgg = compose(["model=vgg", "scale=smoke", "model.width=0.0625", "data.train_subset=null", "logger=none",
+                   f"runtime.runs_dir={tmp_path}"])
+    assert Trainer(vgg, tmp_path / "b").channels_last is True
+    off = compose(["model=vgg", "scale=smoke", "model.width=0.0625", "data.train_subset=null", "logger=none",
+                   "runtime.channels_last=false", f"runtime.runs_dir={tmp_path}"])
+    assert Trainer(off, tmp_path / "c").channels_last is False
+
+
+def test_second_order_layout_switches_the_model_to_the_default_layout_and_back():
+    torch.manual_seed(0)
+    model = VGG("vgg11", 0.0625, "batch").to(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    conv = model.features[0].conv.weight
+    before = {n: (p, p.detach().clone()) for n, p in model.named_parameters()}
+    with second_order_layout(model, x) as inside:
+        assert inside.is_contiguous() and torch.equal(inside, x)
+        assert model.features[0].conv.weight.is_contiguous()
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    for n, p in model.named_parameters():  # the same objects (the optimizer holds them), the same values
+        assert p is before[n][0] and torch.equal(p, before[n][1])
+    plain = torch.randn(4, 3, 32, 32)
+    with second_order_layout(model, plain) as inside:  # a batch in the default layout: nothing to do
+        assert inside is plain and conv.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_curvature_probes_measure_the_same_in_either_layout(tiny_cifar, tmp_path):
+    # float64 (see above); the Hessian and theorem probes run in the default layout inside a channels-last run
+    tiny = ["model=vgg", "scale=smoke", "norm=batch", "probes=curvature", "model.width=0.0625", "train.steps=3",
+            "probes.every=1", "probes.hessian.iterations=8", "probes.hessian.trace_samples=2",
+            "probes.theorems.every=2", "data.eval.every=3", "data.train_subset=null", "train.dtype=float64",
+            "runtime.progress=false", "logger=none"]
+    default = metrics(run(compose([*tiny, "runtime.channels_last=false", f"runtime.runs_dir={tmp_path}/a"])))
+    channels_last = metrics(run(compose([*tiny, "runtime.channels_last=true", f"runtime.runs_dir={tmp_path}/b"])))
+    assert default[["step", "metric", "layer"]].equals(channels_last[["step", "metric", "layer"]])
+    curvature = default.metric.str.startswith(("hessian_eig", "hessian_trace_", "thm41_gap_median"))
+    assert curvature.sum() >= 12
+    np.testing.assert_allclose(channels_last.value[curvature].to_numpy(), default.value[curvature].to_numpy(),
+                               rtol=1e-6, atol=1e-9)
 
 
 @pytest.mark.slow

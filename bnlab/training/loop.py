@@ -78,8 +78,9 @@ class Trainer:
             torch.manual_seed(cfg.seed)
             self.data = build_data(cfg, self.device, self.dtype)
             self.model = build_model(cfg).to(self.device, self.dtype)
-        self.channels_last = self.data.classification and (
-            cfg.runtime.channels_last is True or (cfg.runtime.channels_last == "auto" and self.device.type == "cuda"))
+        # auto: on for the conv net, on either device. On a 2-core CPU a smoke VGG run trains 1.26x (none) to
+        # 1.45x (BatchNorm) faster in channels-last (README, Speed); its tensor-core convolutions want it on CUDA.
+        self.channels_last = self.data.classification and cfg.runtime.channels_last in (True, "auto")
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.probes = ProbeSchedule(cfg, self.model, self.data.loss, cfg.optim.lr, seeds=[c.seed for c in cfgs])

@@ -11,6 +11,8 @@ each run keeps its own generators (seeded from its seed, as when it trains alone
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -83,10 +85,12 @@ class ProbeSchedule:
         """`rows`: the metric rows of each run (one list entry for an ordinary model)."""
         p = self.cfg
         self.rng_before = rng_state(x.device)
-        if self._hessian_due(step):
-            self._record_hessian(step, x, y, rows)
-        if self._theorems_due(step):
-            self._record_theorems(step, x, y, rows)
+        if self._hessian_due(step) or self._theorems_due(step):
+            with second_order_layout(self.model, x) as x_second:
+                if self._hessian_due(step):
+                    self._record_hessian(step, x_second, y, rows)
+                if self._theorems_due(step):
+                    self._record_theorems(step, x_second, y, rows)
         if self._activations_due(step):
             self._record_activations(step, x, rows)
         if step % p.every != 0:
@@ -176,6 +180,23 @@ class ProbeSchedule:
         for name, values in result.items():
             self._add(rows, step, "ics_l2", self.number[name], values["l2"])
             self._add(rows, step, "ics_cos", self.number[name], values["cos"])
+
+
+@contextmanager
+def second_order_layout(model: nn.Module, x: torch.Tensor):
+    """Hessian-vector products (double backward) through BatchNorm are slower in channels-last on a CPU
+    (400 against 318 ms for a smoke VGG, where its first-order step is 1.4x faster): on a CPU the curvature
+    probes run in the default layout, the model converted in place (the same parameter objects, so the
+    optimizer's references hold) and back. Yields the batch in that layout."""
+    if x.device.type != "cpu" or x.dim() != 4 or x.is_contiguous() or \
+            not x.is_contiguous(memory_format=torch.channels_last):
+        yield x
+        return
+    model.to(memory_format=torch.contiguous_format)
+    try:
+        yield x.contiguous()
+    finally:
+        model.to(memory_format=torch.channels_last)
 
 
 def theorem_rows(r: dict, tolerance: float) -> dict[str, float]:
