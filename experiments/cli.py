@@ -80,10 +80,11 @@ def figure_about(name: str) -> str:
     return " ".join((figure_module(name).__doc__ or "").strip().split("\n\n")[0].split())
 
 
-def draw(name: str, scale: str, seeds: int, overrides: list[str], out_root: Path) -> list:
-    """Draw figure `name` from its runs into out_root/scale, judge its claims and record them there."""
+def draw(name: str, scale: str, seeds: int, cfgs: list, out_root: Path) -> list:
+    """Draw figure `name` from its runs (`cfgs`, its sweep) into out_root/scale, judge its claims and record
+    them there."""
     module = figure_module(name)
-    runs = load(sweep(name, scale, seeds, overrides))
+    runs = load(cfgs)
     out_dir = out_root / scale
     out_dir.mkdir(parents=True, exist_ok=True)
     matplotlib.use("Agg")  # files only, also where a display is available
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             train_missing([c for group in cfgs.values() for c in group], args.jobs, args.launcher,
                           launcher_overrides, args.name, args.pack)
         for name in names:
-            draw(name, args.scale, seeds, run_overrides, args.out)
+            draw(name, args.scale, seeds, cfgs[name], args.out)  # composed once, above: Hydra takes seconds per figure
     except (MissingRuns, ConfigError, DataError, LaunchError) as exc:
         print(f"bnlab-figure: {exc}", file=sys.stderr)
         return 2
