@@ -67,8 +67,12 @@ def test_estimated_seconds_follows_steps_width_and_probes():
     probed = compose(["model=vgg", "scale=smoke", "norm=batch", "train.steps=100"])
     # probe steps 0, 40 and 80, each carrying the probes' extra cost of the 40 steps it stands for
     extra = 3 * (costs.PROBED_STEP_FACTOR["vgg"] - 1) * 40
-    assert probed.probes.every == 40
+    assert probed.probes.every == 40 == costs.PROBED_EVERY["vgg"]
     assert costs.estimated_seconds(probed) == pytest.approx(costs.estimated_seconds(small) * (100 + extra) / 100)
+    # a probe step costs the same at another interval: probes every 20 are 5 probe steps, each as dear as above
+    denser = compose(["model=vgg", "scale=smoke", "norm=batch", "train.steps=100", "probes.every=20"])
+    assert costs.estimated_seconds(denser) == pytest.approx(
+        costs.estimated_seconds(small) * (100 + extra * 5 / 3) / 100)
 
 
 @pytest.mark.parametrize("overrides", [

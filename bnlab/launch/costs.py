@@ -18,7 +18,8 @@ from bnlab.training.probe_schedule import step_kind
 
 STEP_SECONDS = {"vgg": {"none": 0.076, "batch": 0.078, "l1": 0.081, "l2": 0.100, "linf": 0.108},
                 "dln": {"none": 0.0035, "batch": 0.0065, "l1": 0.012, "l2": 0.013, "linf": 0.0135}}
-PROBED_STEP_FACTOR = {"vgg": 1.6, "dln": 2.0}  # a probed run's mean step against an unprobed one's
+PROBED_STEP_FACTOR = {"vgg": 1.6, "dln": 2.0}  # a probed run's mean step against an unprobed one's ...
+PROBED_EVERY = {"vgg": 40, "dln": 20}  # ... with probes every this many steps (smoke scale's); a probe step's own cost
 NOISE_STEP_FACTOR = 2.0  # noisy BatchNorm, or its noise alone: drawing the noise and probing it
 VGG_WIDTH_EXPONENT = 1.7
 # A Hessian-vector product (double backward) against a plain training step: about 0.22 s against 0.107 for VGG
@@ -27,7 +28,7 @@ VGG_WIDTH_EXPONENT = 1.7
 # so the factor is low for VGG; Lanczos' iteration limit, counted in full, is seldom reached, and the two
 # roughly cancel: the smoke curvature runs are predicted at 1.2-1.4x their time.
 HVP_STEP_FACTOR = 2.0
-COST_MODEL = [STEP_SECONDS, PROBED_STEP_FACTOR, NOISE_STEP_FACTOR, VGG_WIDTH_EXPONENT, HVP_STEP_FACTOR]
+COST_MODEL = [STEP_SECONDS, PROBED_STEP_FACTOR, PROBED_EVERY, NOISE_STEP_FACTOR, VGG_WIDTH_EXPONENT, HVP_STEP_FACTOR]
 
 
 def step_kinds(cfg) -> dict[str, int]:
@@ -83,7 +84,8 @@ def planning_costs(cfg) -> dict[str, float]:
         per_step *= (cfg.model.width / 0.125) ** VGG_WIDTH_EXPONENT
     if cfg.norm.noise.enabled:
         per_step *= NOISE_STEP_FACTOR
-    probe = per_step * (1 + (PROBED_STEP_FACTOR[model] - 1) * cfg.probes.every)
+    # what a probe step adds is fixed (passes through the model), whatever the interval between probe steps
+    probe = per_step * (1 + (PROBED_STEP_FACTOR[model] - 1) * PROBED_EVERY[model])
     first = probe if probes_enabled(cfg) else per_step
     costs = {"setup": 0.0, "first": first, "plain": per_step, "probe": probe, "after": per_step, "evaluations": 0.0}
     if cfg.probes.hessian.enabled or OmegaConf.select(cfg, "probes.theorems.enabled", default=False):
