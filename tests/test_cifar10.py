@@ -167,6 +167,40 @@ def test_batches_depend_on_the_seed_alone_and_cover_each_epoch_once():
     assert len(torch.unique(seen, dim=0)) == len(seen) == 512  # no image twice in one epoch
 
 
+def test_a_worker_prepares_the_images_once_and_each_run_draws_its_own_batches(tmp_path, monkeypatch):
+    """build_data keeps the last images it prepared (bnlab.launch.local trains run after run in one process):
+    a run with the same data config reads nothing, and draws the batches a freshly built dataset would."""
+    from omegaconf import OmegaConf
+
+    from bnlab.data.datasets import build_data
+
+    root, cache, cpu = write_jpeg_folder(tmp_path / "d"), tmp_path / "cache", torch.device("cpu")
+
+    def cfg(seed, batch_size=16, subset=None):
+        return OmegaConf.create({"data": {
+            "name": "cifar10", "root": str(root), "source": "jpeg", "cache_dir": str(cache), "download": False,
+            "sha256": None, "batch_size": batch_size, "seed": seed, "train_subset": subset, "augment": False,
+            "input_scale": "standardize", "eval": {"train_examples": 20, "test_examples": None}}})
+
+    real_load, loads = cifar10.load, []
+    monkeypatch.setattr(cifar10, "load", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    first = build_data(cfg(0), cpu, torch.float32)
+    for step in range(first.batches_per_epoch + 1):  # into its second epoch
+        first.train_batch(step)
+    again, other = build_data(cfg(0), cpu, torch.float32), build_data(cfg(5, batch_size=8), cpu, torch.float32)
+    assert len(loads) == 1 and again.train_x is first.train_x and other.train_x is first.train_x
+
+    images = real_load(root, "jpeg", cache)
+    for built, seed, batch_size in ((again, 0, 16), (other, 5, 8)):
+        fresh = ImageClassification(images, batch_size, seed, None, False, 20, None, cpu, torch.float32)
+        assert built.batches_per_epoch == fresh.batches_per_epoch
+        for step in (0, 1, fresh.batches_per_epoch):
+            assert all(torch.equal(a, b) for a, b in zip(built.train_batch(step), fresh.train_batch(step), strict=True))
+        assert all(torch.equal(built.eval_sets[s][0], fresh.eval_sets[s][0]) for s in ("train", "test"))
+    subset = build_data(cfg(0, subset=50), cpu, torch.float32)  # other images: prepared anew
+    assert len(loads) == 2 and len(subset.train_y) == 50
+
+
 def test_standardized_per_channel_on_the_training_images():
     data = image_data()
     mean, std = data.train_x.mean((0, 2, 3)), data.train_x.std((0, 2, 3))

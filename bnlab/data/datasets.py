@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 
@@ -64,14 +66,24 @@ class ImageClassification:
         self.device, self.dtype = device, dtype
         self.offset, self.divisor = input_transform(input_scale, train_x)
         self.train_x, self.train_y = self._standardize(train_x), train_y.to(device)
-        self.batch_size, self.seed, self.augment = batch_size, seed, augment
-        self.batches_per_epoch = len(train_y) // batch_size
-        self._epoch, self._order = -1, None
+        self._sample(batch_size, seed, augment)
         # Evaluation sets: fixed random subsets (the same for every run) of the training images and of the
         # test set; None means all of it.
         self.eval_sets = {"train": _fixed_subset(self.train_x, self.train_y, eval_train_examples),
                           "test": _fixed_subset(self._standardize(data["test_x"]), data["test_y"].to(device),
                                                 eval_test_examples)}
+
+    def _sample(self, batch_size: int, seed: int, augment: bool) -> None:
+        self.batch_size, self.seed, self.augment = batch_size, seed, augment
+        self.batches_per_epoch = len(self.train_y) // batch_size
+        self._epoch, self._order = -1, None
+
+    def sampled(self, batch_size: int, seed: int, augment: bool) -> ImageClassification:
+        """The same images (shared, never written to) drawn into batches as these arguments say, from the
+        first epoch: what a new ImageClassification of the same images would be."""
+        other = copy.copy(self)
+        other._sample(batch_size, seed, augment)
+        return other
 
     def _standardize(self, images: torch.Tensor) -> torch.Tensor:
         """(pixel / 255 - offset) / divisor per channel (input_transform), computed in float64 for each of the
@@ -160,7 +172,22 @@ def build_data(cfg, device: torch.device, dtype: torch.dtype):
         return GaussianRegression(cfg.model.width, d.num_samples, d.seed, d.input_std, d.target_std, d.loss,
                                   device, dtype)
     if d.name == "cifar10":
-        images = cifar10.load(d.root, d.source, d.cache_dir, d.download, d.sha256)
-        return ImageClassification(images, d.batch_size, d.seed, d.train_subset, d.augment,
-                                   d.eval.train_examples, d.eval.test_examples, device, dtype, d.input_scale)
+        return _cifar10_images(d, device, dtype).sampled(d.batch_size, d.seed, d.augment)
     raise ValueError(f"data.name: unknown dataset {d.name!r}; allowed: gaussian, cifar10")
+
+
+# A pool worker (bnlab.launch.local) trains run after run on the same images: it reads, checks and
+# standardizes them once, not at every run (about 1 s of a CPU thread each). One entry, keyed on every value
+# that shapes the tensors; a run that asks for other images replaces it.
+_images: dict[tuple, ImageClassification] = {}
+
+
+def _cifar10_images(d, device: torch.device, dtype: torch.dtype) -> ImageClassification:
+    key = (str(d.root), d.source, str(d.cache_dir), d.sha256, d.train_subset, d.input_scale, d.eval.train_examples,
+           d.eval.test_examples, str(device), dtype)
+    if key not in _images:
+        images = cifar10.load(d.root, d.source, d.cache_dir, d.download, d.sha256)
+        _images.clear()
+        _images[key] = ImageClassification(images, d.batch_size, d.seed, d.train_subset, d.augment,
+                                           d.eval.train_examples, d.eval.test_examples, device, dtype, d.input_scale)
+    return _images[key]
