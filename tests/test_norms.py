@@ -113,6 +113,26 @@ def test_noise_conv_treats_spatial_positions_as_batch():
     assert (spread <= 0.2 + 1e-6).all()  # one mu_j per channel, shared by every position
 
 
+def test_noise_keeps_a_channels_last_input_in_its_layout_with_the_same_values():
+    """The noise is drawn in logical order, the same values whatever the input's layout, and the output
+    keeps a channels-last input's layout (a mixed-layout product would come out contiguous)."""
+    noise, x = BatchNoise(), torch.randn(6, 5, 4, 4)
+    state = torch.random.get_rng_state()
+    contiguous = noise(x)
+    torch.random.set_rng_state(state)
+    channels_last = noise(x.contiguous(memory_format=torch.channels_last))
+    assert torch.equal(channels_last, contiguous)
+    assert channels_last.is_contiguous(memory_format=torch.channels_last) and not channels_last.is_contiguous()
+    assert contiguous.is_contiguous()
+    # the same draws out of place, by hand
+    torch.random.set_rng_state(state)
+    mu = (torch.rand(5) * 2 - 1) * noise.n_mu
+    sigma = 1 + torch.rand(5) * (noise.n_sigma - 1)
+    m = mu.view(1, 5, 1, 1) + (torch.rand(x.shape) * 2 - 1) * noise.r_mu
+    s = sigma.view(1, 5, 1, 1) + torch.randn(x.shape) * noise.r_sigma
+    assert torch.equal(contiguous, s * x + m)
+
+
 def test_noise_off_in_eval_mode_and_for_noisy_batchnorm():
     x = _inputs((16, 4)).float()
     layer = make_norm("batch", 4, noise=dict(n_mu=0.5, n_sigma=1.25, r_mu=0.1, r_sigma=0.1))
