@@ -64,6 +64,9 @@ def test_second_order_layout_switches_the_model_to_the_default_layout_and_back()
     plain = torch.randn(4, 3, 32, 32)
     with second_order_layout(model, plain) as inside:  # a batch in the default layout: nothing to do
         assert inside is plain and conv.is_contiguous(memory_format=torch.channels_last)
+    standard = VGG("vgg11", 0.0625, "none").to(memory_format=torch.channels_last)
+    with second_order_layout(standard, x) as inside:  # no BatchNorm: channels-last is the faster layout there
+        assert inside is x and standard.features[0].conv.weight.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_curvature_probes_measure_the_same_in_either_layout(tiny_cifar, tmp_path):
