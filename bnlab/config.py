@@ -135,9 +135,10 @@ def _validate_vgg(cfg):
 def _validate_probes(cfg, layers: int):
     p = cfg.probes
     _positive(cfg, "probes.every", integer=True)
-    layer_sets = [("probes.ics.layers", p.ics.layers), ("probes.activations.layers", p.activations.layers)]
-    for key, value in layer_sets:
-        if value == "all":
+    layer_sets = [("probes.ics.layers", p.ics.layers, p.ics.enabled),
+                  ("probes.activations.layers", p.activations.layers, p.activations.enabled)]
+    for key, value, enabled in layer_sets:
+        if value == "all" or not enabled:  # (a shallower model than figure 3's with the probe off is fine)
             continue
         good = isinstance(value, ListConfig | list) and len(value) > 0 and all(
             isinstance(v, int) and 1 <= v <= layers for v in value)
@@ -152,6 +153,10 @@ def _validate_probes(cfg, layers: int):
     _check(isinstance(m.stop, int | float) and m.stop >= m.start, "probes.landscape.multipliers.stop", m.stop,
            f"a number >= start ({m.start})")
     _positive(cfg, "probes.landscape.multipliers.num", integer=True)
+    _positive(cfg, "probes.landscape.early.every", integer=True)
+    until = p.landscape.early.until
+    _check(isinstance(until, int | float) and 0 <= until <= 1, "probes.landscape.early.until", until,
+           "a fraction of the run in [0, 1] (0: no early window)")
     _positive(cfg, "probes.activations.units", integer=True)
     q = p.activations.quantiles
     _check(len(q) > 0 and all(0 <= v <= 1 for v in q), "probes.activations.quantiles", list(q), "numbers in [0, 1]")
@@ -234,6 +239,22 @@ def trajectory_identity(cfg: DictConfig) -> dict:
     ident = identity(cfg)
     ident.pop("probes", None)
     return ident
+
+
+# probes measured at the steps `probes.every` sets (the curvature probes have their own `every`)
+SCHEDULED_PROBES = ("ics", "landscape", "activations", "bn_sigma")
+
+
+def probes_cover(bigger: DictConfig, smaller: DictConfig) -> bool:
+    """Whether a run with `bigger`'s probes measures everything a run with `smaller`'s measures, the same way
+    at the same steps: every probe `smaller` enables is enabled in `bigger` with the same settings (and the
+    same `every` for those it schedules). Probes never change a run's trajectory, so a run of the same
+    trajectory with covering probes serves the other: its metrics hold all of the other's, bit for bit."""
+    big, small = identity(bigger).get("probes", {}), identity(smaller).get("probes", {})
+    enabled = [name for name in PROBES if small.get(name, {}).get("enabled", False)]
+    if any(name in SCHEDULED_PROBES for name in enabled) and big.get("every") != small.get("every"):
+        return False
+    return all(big.get(name) == small[name] for name in enabled)
 
 
 def run_key(cfg: DictConfig) -> str:

@@ -91,11 +91,16 @@ def draw(name: str, scale: str, seeds: int, cfgs: list, out_root: Path) -> list:
     with plt.style.context(STYLE):
         module.draw(runs, out_dir / f"{name}.png")
     claims = module.claims(runs)
+    reports = module.reports(runs) if hasattr(module, "reports") else []
     datasets = sorted({r.summary.get("data", "?") for r in runs})
-    write_results(out_dir, name, claims, figure_about(name), seeds, scale, datasets, figure_names())
-    print(f"\n{name}: drew {out_dir / (name + '.png')} from {len(runs)} runs")
+    write_results(out_dir, name, claims, figure_about(name), seeds, scale, datasets, figure_names(), reports)
+    print(f"\n{name}: drew {out_dir / (name + '.png')} from {len(runs)} runs ({seeds} seed{'s' if seeds > 1 else ''})")
     for c in claims:
-        print(f"  [{'holds' if c.holds else 'DOES NOT HOLD'}] {c.claim}\n      measured: {c.measured}")
+        per_seed = ", ".join(c.outcomes["seeds"].values())
+        print(f"  [{c.verdict.upper()}] {c.claim}\n      measured: {c.measured}\n      per seed: {per_seed}; "
+              f"on the mean: {c.outcomes['mean']}")
+    for r in reports:
+        print(f"  [reported] {r.what}: {r.measured}")
     if not claims:
         print("  (no claims attached to this figure)")
     return claims

@@ -5,6 +5,7 @@ unit's values over the batch at each probe step."""
 import matplotlib.pyplot as plt
 
 from bnlab import store
+from experiments.lib.claims import by_seed
 from experiments.lib.plotting import NORM_STYLE, steps_axis
 from experiments.lib.runs import select
 
@@ -35,11 +36,11 @@ def draw(runs, path):
     layers = list(runs[0].cfg.probes.activations.layers)
     fig, axes = plt.subplots(len(NORMS), len(layers), figsize=(4.2 * len(layers), 3.2 * len(NORMS)), squeeze=False)
     for i, norm in enumerate(NORMS):
-        run = select(runs, norm=norm)[0]
+        run = by_seed(select(runs, norm=norm))[0]
         for j, layer in enumerate(layers):
             ax = axes[i, j]
             unit = quantile_fan(ax, run, layer, NORM_STYLE[norm][1])
-            ax.set_title(f"{NORM_STYLE[norm][0]}, layer #{layer}, unit {unit}", fontsize=9)
+            ax.set_title(f"{NORM_STYLE[norm][0]}, layer #{layer}, unit {unit} (seed {run.cfg.seed})", fontsize=9)
             steps_axis(ax, run.cfg.train.steps)
     fig.suptitle("Deep linear network: activation distributions over training (quantiles 2/10/25/50/75/90/98%)")
     fig.tight_layout()

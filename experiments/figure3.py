@@ -6,8 +6,8 @@ network's cosine stays near 1 while BN's is far lower and its l2-difference high
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments.lib.claims import Claim, spread
-from experiments.lib.plotting import NORM_STYLE, accuracy_panel, mean_band, steps_axis
+from experiments.lib.claims import Band, Quantity, all_of, compare, judged, per_seed, seeds_of
+from experiments.lib.plotting import NORM_STYLE, accuracy_panel, bands_caption, caption, mean_band, steps_axis
 from experiments.lib.runs import by_model, select
 
 ORDER = 3  # its place in the paper: Figure 3
@@ -49,29 +49,36 @@ def draw(runs, path):
             if j == 0:
                 top.set_ylabel("ℓ2-Difference"), bottom.set_ylabel("Cos Angle")
     fig.suptitle("Internal covariate shift (Definition 2.1)")
-    fig.savefig(path, dpi=100)
+    caption(fig, bands_caption(runs, log=True))
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
 
 
-def ics_median(runs, norm, lr, metric, layers) -> list[float]:
-    """Per seed: the median over probe steps (and the given layers) of an ICS metric."""
-    return [float(np.median(np.concatenate([r.series(metric, layer).values for layer in layers])))
-            for r in select(runs, norm=norm, lr=lr)]
+def ics_median(run, metric, layers) -> float:
+    """The median over probe steps (and the given layers) of an ICS metric."""
+    return float(np.median(np.concatenate([run.series(metric, layer).values for layer in layers])))
 
 
-def ics_table(runs, lr, layers) -> dict[str, list[float]]:
-    return {f"{m}_{n}": ics_median(runs, n, lr, f"ics_{m}", layers) for m in ("cos", "l2") for n in NORMS}
+def ics_table(runs, lr, layers) -> dict[str, Quantity]:
+    """{"cos_none": Quantity over seeds, "cos_batch", "l2_none", "l2_batch"}: cosines on the arithmetic scale,
+    l2-differences (spanning orders of magnitude) on the geometric."""
+    return {f"{m}_{n}": per_seed(select(runs, norm=n, lr=lr), lambda r, m=m: ics_median(r, f"ics_{m}", layers),
+                                 geometric=m == "l2") for m in ("cos", "l2") for n in NORMS}
 
 
 def _describe(t) -> str:
-    return (f"cos standard {spread(t['cos_none'])}, BN {spread(t['cos_batch'])}; "
-            f"l2 standard {spread(t['l2_none'])}, BN {spread(t['l2_batch'])}")
+    return (f"cos standard {t['cos_none'].text()}, BN {t['cos_batch'].text()}; "
+            f"l2 standard {t['l2_none'].text()}, BN {t['l2_batch'].text()}")
 
 
 QUOTE = ("Sec 2.2: 'the standard network experiences almost no ICS for the entirety of training, whereas for "
          "BatchNorm it appears that G and G' are almost uncorrelated' (DLN); Figure 3: 'Models with BatchNorm have "
          "similar, or even worse, internal covariate shift'")
 NEAR_ONE, LOWER_BY = 0.9, 0.1
+COS_BAND = Band(0.05, ratio=False)  # cosines (and their differences) within 0.05 of a threshold: a tie
+L2_BAND = Band(1.1)  # l2-differences within 10% of each other: a tie
+BAND = f"a cosine or cosine difference ties with its threshold {COS_BAND.describe()}; l2-differences tie " \
+       f"{L2_BAND.describe()}"
 
 
 def dln_claims(runs):
@@ -82,42 +89,40 @@ def dln_claims(runs):
     both = ics_table(runs, low, LAYERS["dln"])
     first = ics_table(runs, high, LAYERS["dln"][:1])
     last = ics_table(runs, high, LAYERS["dln"][1:])
-    mean = {k: np.mean(v) for k, v in both.items()}
-    holds_low = (mean["cos_none"] >= NEAR_ONE and mean["cos_batch"] < mean["cos_none"] - LOWER_BY
-                 and mean["l2_batch"] > mean["l2_none"])
-    holds_high = np.mean(first["cos_batch"]) < np.mean(first["cos_none"]) - LOWER_BY
+    seeds = seeds_of(runs)
     return [
-        Claim(claim=f"DLN at lr {low:g}: BN does not reduce ICS; standard's cos(G, G') near 1, BN's far lower, "
-                    "BN's l2-difference higher",
-              quote=QUOTE,
-              rule=f"median over probe steps and layers #9 and #17 (mean over seeds): standard's cos >= {NEAR_ONE:g}, "
-                   f"BN's cos more than {LOWER_BY:g} below standard's, BN's l2-difference above standard's",
-              paper="Fig 3b, lr 1e-7: standard cos about 1 at both layers, BN scattered between -1 and 1; l2 about 1e1 "
-                    "standard, 1e3 BN",
-              measured=_describe(both), holds=bool(holds_low), values=both),
-        Claim(claim=f"DLN at lr {high:g}: BN's cos(G, G') at layer #9 is lower than standard's",
-              quote=QUOTE,
-              rule=f"median over probe steps at layer #9 (mean over seeds): BN's cos more than {LOWER_BY:g} below "
-                   "standard's. Layer #17 is reported, not judged: the paper's own standard cosine there sits near "
-                   "the bottom of its axis",
-              paper="Fig 3b, lr 1e-6: layer #9 standard about 1 with dips, BN 0.5-1; layer #17 both low",
-              measured=f"layer #9: {_describe(first)}; layer #17 (reported): {_describe(last)}",
-              holds=bool(holds_high), values={"layer9": first, "layer17": last}),
+        judged(f"DLN at lr {low:g}: BN does not reduce ICS; standard's cos(G, G') near 1, BN's far lower, BN's "
+               "l2-difference higher", QUOTE,
+               f"median over probe steps and layers #9 and #17: standard's cos above {NEAR_ONE:g}, BN's cos more "
+               f"than {LOWER_BY:g} below standard's, BN's l2-difference above standard's", BAND,
+               "Fig 3b, lr 1e-7: standard cos about 1 at both layers, BN scattered between -1 and 1; l2 about 1e1 "
+               "standard, 1e3 BN", _describe(both), both,
+               lambda v: all_of(compare(v["cos_none"], ">", NEAR_ONE, COS_BAND),
+                                compare(v["cos_none"] - v["cos_batch"], ">", LOWER_BY, COS_BAND),
+                                compare(v["l2_batch"], ">", v["l2_none"], L2_BAND)), seeds),
+        judged(f"DLN at lr {high:g}: BN's cos(G, G') at layer #9 is lower than standard's", QUOTE,
+               f"median over probe steps at layer #9: BN's cos more than {LOWER_BY:g} below standard's. Layer #17 is "
+               "reported, not judged: the paper's own standard cosine there sits near the bottom of its axis", BAND,
+               "Fig 3b, lr 1e-6: layer #9 standard about 1 with dips, BN 0.5-1; layer #17 both low",
+               f"layer #9: {_describe(first)}; layer #17 (reported): {_describe(last)}",
+               {**first, **{f"layer17_{k}": v for k, v in last.items()}},
+               lambda v: compare(v["cos_none"] - v["cos_batch"], ">", LOWER_BY, COS_BAND), seeds),
     ]
 
 
 def vgg_claims(runs):
-    tables = {lr: ics_table(runs, lr, LAYERS["vgg"]) for lr in sorted({r.cfg.optim.lr for r in runs}, reverse=True)}
-    holds = all(np.mean(t["cos_batch"]) <= np.mean(t["cos_none"]) + LOWER_BY for t in tables.values())
-    return [Claim(
-        claim="VGG: BN does not reduce ICS: BN's cos(G, G') is not clearly higher than standard's",
-        quote="Figure 3: 'Models with BatchNorm have similar, or even worse, internal covariate shift, despite "
-              "performing better in terms of accuracy and loss.'",
-        rule=f"at each lr, the median over probe steps and layers #5 and #10 of BN's cos (mean over seeds) is at most "
-             f"{LOWER_BY:g} above standard's",
-        paper="Fig 3a: cosines of both between 0 and 1; l2-difference about 1 for both early",
-        measured="; ".join(f"lr {lr:g}: {_describe(t)}" for lr, t in tables.items()), holds=bool(holds),
-        values={f"lr={lr:g}": t for lr, t in tables.items()})]
+    lrs = sorted({r.cfg.optim.lr for r in runs}, reverse=True)
+    tables = {lr: ics_table(runs, lr, LAYERS["vgg"]) for lr in lrs}
+    quantities = {f"lr={lr:g}:{k}": q for lr, t in tables.items() for k, q in t.items()}
+    return [judged(
+        "VGG: BN does not reduce ICS: BN's cos(G, G') is not clearly higher than standard's",
+        "Figure 3: 'Models with BatchNorm have similar, or even worse, internal covariate shift, despite performing "
+        "better in terms of accuracy and loss.'",
+        f"at each lr, the median over probe steps and layers #5 and #10 of BN's cos is at most {LOWER_BY:g} above "
+        "standard's", BAND, "Fig 3a: cosines of both between 0 and 1; l2-difference about 1 for both early",
+        "; ".join(f"lr {lr:g}: {_describe(t)}" for lr, t in tables.items()), quantities,
+        lambda v: all_of(*(compare(v[f"lr={lr:g}:cos_batch"] - v[f"lr={lr:g}:cos_none"], "<", LOWER_BY, COS_BAND)
+                           for lr in lrs)), seeds_of(runs))]
 
 
 def claims(runs):

@@ -6,9 +6,9 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments.lib.claims import Claim, geomean, spread
-from experiments.lib.landscape import UPPER, landscape_measures
-from experiments.lib.plotting import NORM_STYLE
+from experiments.lib.claims import by_seed, judged, seeds_of
+from experiments.lib.landscape import BAND_TEXT, UPPER, compare_landscape
+from experiments.lib.plotting import NORM_STYLE, caption
 from experiments.lib.runs import by_model, select
 
 ORDER = 11  # its place in the paper: Figure 11
@@ -24,7 +24,7 @@ def draw(runs, path):
     cmap = plt.get_cmap("coolwarm")
     for row, model in zip(axes, models, strict=True):
         for ax, norm in zip(row, NORMS, strict=True):
-            run = select(by_model(runs, model), norm=norm)[0]  # the first seed: several would overlap unreadably
+            run = by_seed(select(by_model(runs, model), norm=norm))[0]  # one seed: several would overlap unreadably
             steps = run.cfg.train.steps
             for step, values in run.tagged("grad_diff").iterrows():
                 ax.plot(np.asarray(values.index) * run.cfg.optim.lr, values.values, color=cmap(step / steps),
@@ -44,7 +44,8 @@ def draw(runs, path):
         bar = fig.colorbar(plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, steps)), ax=list(row))
         bar.set_label("Time step")
     fig.suptitle("Gradient predictiveness")
-    fig.savefig(path, dpi=110)
+    caption(fig, "One line per measured step, one seed; the claims below use every seed.")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -54,21 +55,14 @@ def claims(runs):
         chosen = by_model(runs, model)
         if not chosen:
             continue
-        stats = {n: [landscape_measures(r, early=False) for r in select(chosen, norm=n)] for n in NORMS}
-
-        def of(norm, stat, stats=stats):
-            return [m[f"grad_pred_{stat}"] for m in stats[norm]]
-
-        below = all(geomean(of("batch", s)) < geomean(of("none", s)) for s in ("peak", "q90"))
-        out.append(Claim(
-            claim=f"{model.upper()}: gradients are more predictive with BN",
-            quote="Figure 11: 'We observe that gradients are significantly more predictive in networks with "
-                  "BatchNorm and change slowly in a given local neighborhood.'",
-            rule=f"max_m d_m per probe step over the whole run: BN's peak and {UPPER:.0%} quantile over steps "
-                 "(geometric mean over seeds) both below standard's; medians reported",
-            paper=PAPER[model],
-            measured=f"peak standard {spread(of('none', 'peak'))}, BN {spread(of('batch', 'peak'))}; q90 standard "
-                     f"{spread(of('none', 'q90'))}, BN {spread(of('batch', 'q90'))}; median standard "
-                     f"{spread(of('none', 'median'))}, BN {spread(of('batch', 'median'))}",
-            holds=bool(below), values=stats))
+        text, q, decide = compare_landscape(chosen, "batch", early=False, measures=("grad_pred",))
+        out.append(judged(
+            f"{model.upper()}: gradients are more predictive with BN",
+            "Figure 11: 'We observe that gradients are significantly more predictive in networks with BatchNorm "
+            "and change slowly in a given local neighborhood.'",
+            "max_m d_m per probe step over the whole run (steps weighted by the steps until the next measurement): "
+            f"BN's peak and {UPPER:.0%} quantile over steps, geometric mean over seeds, against standard's: neither "
+            "clearly above and at least one clearly below; medians recorded, not judged",
+            BAND_TEXT, PAPER[model], text.replace("gradient predictiveness: ", "BN vs standard: "), q, decide,
+            seeds_of(chosen)))
     return out

@@ -5,6 +5,7 @@ normalizations do not keep the distributions stable either, yet train as well as
 import matplotlib.pyplot as plt
 
 from experiments.lib.activations import ridge
+from experiments.lib.claims import by_seed
 from experiments.lib.plotting import EVERY_NORM, NORM_STYLE
 from experiments.lib.runs import select
 
@@ -16,8 +17,9 @@ LAYER = 11
 def draw(runs, path):
     fig, axes = plt.subplots(1, len(EVERY_NORM), figsize=(3.6 * len(EVERY_NORM), 4.2))
     for ax, norm in zip(axes, EVERY_NORM, strict=True):
-        unit = ridge(ax, select(runs, norm=norm)[0], LAYER, NORM_STYLE[norm][1], count=10)
-        ax.set_title(f"{NORM_STYLE[norm][0]} (unit {unit})", fontsize=9)
+        run = by_seed(select(runs, norm=norm))[0]
+        unit = ridge(ax, run, LAYER, NORM_STYLE[norm][1], count=10)
+        ax.set_title(f"{NORM_STYLE[norm][0]} (seed {run.cfg.seed}, unit {unit})", fontsize=9)
     fig.suptitle(f"VGG layer #{LAYER}: activation distributions over training")
     fig.tight_layout()
     fig.savefig(path, dpi=100, bbox_inches="tight")

@@ -27,6 +27,10 @@ load; the medians and their ratio (ours / reference) go to results/bench/<machin
                        second, FLOPs per step, the fraction of the GPU's datasheet peak; each run's time
                        predicted from its schedule, checked against a shorter run trained end to end.
     vgg16_packed       several VGG16 runs trained at once on one device (--jobs, --pack) vs one alone.
+    vgg16_seeds_stacked
+                       3 seeds of VGG16 trained as one model (torch.func's vmap over stacked parameters, or
+                       grouped convolutions), each step checked against the separate models' losses, vs the
+                       3 one after another: is stacking VGG seeds worth building, as it was for the DLN?
     reproduce_all_paper_seeds3_estimate
                        not an item: written when vgg16_paper_run (at full width) and dln_8_seeds are in the
                        file; the VGG runs' predicted time over the packing speedup, plus the DLN runs in
@@ -321,6 +325,123 @@ def bench_vgg_training(device, width, repeats, steps: int):
             "steps_per_repeat": steps, "target": ">= 3x on GPU"}
 
 
+# ------------------------------------------------------------------------- VGG seeds as one model
+
+class GroupedVGG(torch.nn.Module):
+    """S VGG16s (one per seed) as one network of grouped convolutions: seed s owns channel group s of every
+    layer, its batch enters as input channels 3s..3s+2, and its logits leave as group s of the output. Only
+    for this measurement: it holds exactly the S models' parameters (copied in), so one step of it is S steps
+    of theirs."""
+
+    def __init__(self, models: list[VGG]):
+        super().__init__()
+        s = self.seeds = len(models)
+        layers = []
+        for block in zip(*(m.features for m in models), strict=True):
+            if isinstance(block[0], torch.nn.MaxPool2d):
+                layers.append(torch.nn.MaxPool2d(2))
+                continue
+            conv = block[0].conv
+            grouped = torch.nn.Conv2d(conv.in_channels * s, conv.out_channels * s, 3, padding=1, groups=s,
+                                      bias=conv.bias is not None)
+            norm = torch.nn.Identity() if isinstance(block[0].norm, torch.nn.Identity) else \
+                torch.nn.BatchNorm2d(conv.out_channels * s)
+            _copy_groups(grouped, [b.conv for b in block]), _copy_groups(norm, [b.norm for b in block])
+            layers += [grouped, norm, torch.nn.ReLU()]
+        self.features = torch.nn.Sequential(*layers)
+        head = []
+        for parts in zip(*(m.classifier for m in models), strict=True):  # 512-512-10: hidden blocks, output layer
+            linears = [getattr(p, "linear", p) for p in parts]
+            grouped = torch.nn.Conv1d(linears[0].in_features * s, linears[0].out_features * s, 1, groups=s,
+                                      bias=linears[0].bias is not None)
+            with torch.no_grad():
+                grouped.weight.copy_(torch.cat([lin.weight for lin in linears])[..., None])
+                if grouped.bias is not None:
+                    grouped.bias.copy_(torch.cat([lin.bias for lin in linears]))
+            head.append(grouped)
+            if hasattr(parts[0], "norm"):
+                norm = torch.nn.Identity() if isinstance(parts[0].norm, torch.nn.Identity) else \
+                    torch.nn.BatchNorm1d(linears[0].out_features * s)
+                _copy_groups(norm, [p.norm for p in parts])
+                head += [norm, torch.nn.ReLU()]
+        self.head = torch.nn.Sequential(*head)
+
+    def forward(self, x):  # x: (batch, 3 S, 32, 32) -> (batch, S, classes)
+        return self.head(self.features(x).flatten(1)[..., None])[..., 0].unflatten(1, (self.seeds, -1))
+
+
+def _copy_groups(grouped, parts) -> None:
+    with torch.no_grad():
+        for name, tensor in grouped.named_parameters():
+            tensor.copy_(torch.cat([getattr(p, name) for p in parts]))
+
+
+def bench_vgg_seeds_stacked(device, width, repeats, seeds: int = 3, steps: int = 5):
+    """`seeds` VGG16 seeds trained as one model against one after another: an SGD step each on its own batch
+    of 128, standard and BatchNorm, in channels-last. Two ways to stack: torch.func (stack_module_state, one
+    vmapped gradient) and grouped convolutions (GroupedVGG). Each stacked step is checked against the separate
+    models' losses first."""
+
+    out = {"machine": machine()[1], "seeds": seeds, "width": width, "steps_per_repeat": steps}
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(seeds, BATCH, 3, 32, 32, generator=g).to(device)
+    y = torch.randint(0, 10, (seeds, BATCH), generator=g).to(device)
+    for norm in ("none", "batch"):
+        out[norm] = _seeds_stacked(norm, device, width, repeats, steps, x, y)
+    return out
+
+
+def _seeds_stacked(norm, device, width, repeats, steps, x, y) -> dict:
+    from torch.func import functional_call, grad_and_value, stack_module_state, vmap
+
+    seeds, layout = x.shape[0], torch.channels_last
+    models = []
+    for seed in range(seeds):
+        torch.manual_seed(seed)
+        models.append(VGG("vgg16", width, norm).to(device, memory_format=layout))
+    grouped = GroupedVGG(models).to(device, memory_format=layout)
+    xg = x.permute(1, 0, 2, 3, 4).reshape(BATCH, seeds * 3, 32, 32).contiguous(memory_format=layout)
+    xs = [x[s].contiguous(memory_format=layout) for s in range(seeds)]
+    separate = torch.tensor([float(F.cross_entropy(m(xs[s]), y[s])) for s, m in enumerate(models)])
+    together = F.cross_entropy(grouped(xg).transpose(1, 2), y.T, reduction="none").mean(0)
+    assert torch.allclose(together.detach().cpu(), separate, rtol=1e-4), (together, separate)
+
+    params, buffers = stack_module_state([copy.deepcopy(m) for m in models])
+    base = copy.deepcopy(models[0]).to("meta")
+
+    def loss_of(p, b, xb, yb):
+        return F.cross_entropy(functional_call(base, (p, b), (xb,)), yb)
+
+    step_grads = vmap(grad_and_value(loss_of), randomness="different")
+    assert torch.allclose(step_grads(params, buffers, x, y)[1].detach().cpu(), separate, rtol=1e-4)
+    optimizers = [torch.optim.SGD(m.parameters(), lr=0.01) for m in models]
+    grouped_opt = torch.optim.SGD(grouped.parameters(), lr=0.01)
+
+    def one_after_another():
+        for _ in range(steps):
+            for m, opt, xb, yb in zip(models, optimizers, xs, y, strict=True):
+                opt.zero_grad(set_to_none=True)
+                F.cross_entropy(m(xb), yb).backward()
+                opt.step()
+
+    def with_grouped_convolutions():
+        for _ in range(steps):
+            grouped_opt.zero_grad(set_to_none=True)
+            F.cross_entropy(grouped(xg).transpose(1, 2), y.T, reduction="none").mean(0).sum().backward()
+            grouped_opt.step()
+
+    def with_vmap():
+        for _ in range(steps):
+            grads, _ = step_grads(params, buffers, x, y)
+            torch._foreach_add_(list(params.values()), list(grads.values()), alpha=-0.01)
+
+    timed_ = {label: side_by_side(fn, one_after_another, device, repeats)
+              for label, fn in (("grouped_convolutions", with_grouped_convolutions), ("torch_func_vmap", with_vmap))}
+    return {"one_after_another_s": timed_["grouped_convolutions"]["reference_s"],
+            **{f"{k}_s": v["ours_s"] for k, v in timed_.items()},
+            **{f"speedup_{k}": round(v["reference_s"] / v["ours_s"], 2) for k, v in timed_.items()}}
+
+
 # ------------------------------------------------------------------------- CIFAR-10 onto the device
 
 def bench_cifar10_to_device(device, repeats):
@@ -556,6 +677,7 @@ def main(argv=None) -> None:
         "cifar10_to_device": lambda: bench_cifar10_to_device(device, min(args.repeats, 3)),
         "vgg16_paper_run": lambda: bench_vgg_paper_run(device, width, args.repeats, args.end_to_end_steps),
         "vgg16_packed": lambda: bench_vgg_packed(device, width, 200 if device.type == "cuda" else 20, args.pack),
+        "vgg16_seeds_stacked": lambda: bench_vgg_seeds_stacked(device, width, args.repeats),
         "bn_dln_step_ms": lambda: bench_dln.step_comparison(args.repeats),
         "paper_bn_dln_run_with_probes_every_50_s": bench_dln.paper_run_seconds,
         "dln_8_seeds": bench_dln.seeds_together,

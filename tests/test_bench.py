@@ -20,21 +20,25 @@ import bench  # noqa: E402
 
 def test_step_kinds_are_those_a_trained_run_logs(tiny_cifar, tmp_path):
     cfg = compose(["model=vgg", "scale=smoke", "norm=batch", "model.width=0.0625", "data.train_subset=null",
-                   "train.steps=11", "probes.every=4", "data.eval.every=3", "logger=none", "runtime.progress=false",
-                   f"runtime.runs_dir={tmp_path}"])
+                   "train.steps=11", "probes.every=4", "probes.landscape.early.every=2", "data.eval.every=3",
+                   "logger=none", "runtime.progress=false", f"runtime.runs_dir={tmp_path}"])
     m = metrics(run(cfg))
-    steps_with = {name: set(m.step[m.metric.str.startswith(name)]) for name in ("landscape", "act_mean", "eval_")}
-    probe = steps_with["landscape"] - {0}  # step 0 is the first step, a part of its own
-    after = steps_with["act_mean"] - steps_with["landscape"]
-    assert probe == {4, 8} and after == {1, 5, 9}  # the schedule this test expects, as logged
+    steps_with = {name: set(m.step[m.metric.str.startswith(name)]) for name in ("landscape", "act_mean", "eval_",
+                                                                               "ics_cos")}
+    probe = steps_with["ics_cos"] - {0}  # step 0 is the first step, a part of its own
+    early = steps_with["landscape"] - steps_with["ics_cos"]  # the landscape alone, in the first 20% (3 steps)
+    after = steps_with["act_mean"] - steps_with["ics_cos"]
+    assert probe == {4, 8} and early == {2} and after == {1, 5, 9}  # the schedule this test expects, as logged
     assert steps_with["eval_"] == {0, 3, 6, 9, 11}
     kinds = bench.step_kinds(cfg)
-    assert kinds == {"setup": 1, "first": 1, "plain": 10 - len(probe) - len(after), "probe": len(probe),
-                     "after": len(after), "evaluations": len(steps_with["eval_"] - {0})}
+    assert kinds == {"setup": 1, "first": 1, "plain": 10 - len(probe) - len(early) - len(after),
+                     "probe": len(probe), "early": len(early), "after": len(after),
+                     "evaluations": len(steps_with["eval_"] - {0})}
     unprobed = compose(["model=vgg", "probes=none", "scale=smoke", f"runtime.runs_dir={tmp_path}"])
     assert bench.step_kinds(unprobed)["plain"] == unprobed.train.steps - 1
-    costs = {"setup": 1000.0, "first": 500.0, "plain": 1.0, "probe": 10.0, "after": 2.0, "evaluations": 100.0}
-    assert bench.predicted_seconds(cfg, costs) == 1000 + 500 + 5 * 1.0 + 2 * 10.0 + 3 * 2.0 + 4 * 100.0
+    costs = {"setup": 1000.0, "first": 500.0, "plain": 1.0, "probe": 10.0, "early": 5.0, "after": 2.0,
+             "evaluations": 100.0}
+    assert bench.predicted_seconds(cfg, costs) == 1000 + 500 + 4 * 1.0 + 2 * 10.0 + 5.0 + 3 * 2.0 + 4 * 100.0
 
 
 def vgg16_flops_by_hand(width: float, batch: int, image: int = 32) -> int:

@@ -72,8 +72,8 @@ def test_a_relaunched_sweep_trains_exactly_the_missing_work(tmp_path, monkeypatc
     reference = run(compose(["experiment=lp-landscape-dln", "scale=smoke", "norm=batch", *overrides[:-1],
                              f"runtime.runs_dir={tmp_path}/reference"]))
 
-    assert main(["lp-landscape-dln", "--scale", "smoke", "--train", "--jobs", "1", "--out", str(tmp_path / "out"),
-                 *overrides]) == 0
+    assert main(["lp-landscape-dln", "--scale", "smoke", "--seeds", "1", "--train", "--jobs", "1", "--out",
+                 str(tmp_path / "out"), *overrides]) == 0
     assert "5 distinct runs needed: 1 already in the store, 0 to be served" in capsys.readouterr().out
     assert (finished / "summary.json").read_bytes() == finished_summary  # not touched
     started_from = {norm: store.read_summary(store.run_dir(cfg))["resumed_from_step"] for norm, cfg in cfgs.items()}
@@ -143,9 +143,10 @@ def test_a_run_list_entry_out_of_range_is_refused(tmp_path):
 def test_killing_bnlab_figure_stops_its_worker_processes_at_a_checkpoint(tmp_path):
     # two unstackable runs (standard and BN) in two pool workers; the parent is killed outright
     env = {**__import__("os").environ, "BNLAB_RUNS": str(tmp_path / "runs")}
-    parent = subprocess.Popen([sys.executable, "-m", "experiments.cli", "dln-landscape", "--scale", "smoke", "--train",
-                               "--jobs", "2", "--out", str(tmp_path / "out"), "train.steps=1000000",
-                               "logger=none"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parent = subprocess.Popen([sys.executable, "-m", "experiments.cli", "dln-landscape", "--scale", "smoke",
+                               "--seeds", "1", "--train", "--jobs", "2", "--out", str(tmp_path / "out"),
+                               "train.steps=1000000", "logger=none"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while len(list((tmp_path / "runs").rglob(checkpoint.CURRENT))) < 2 and time.time() < deadline:
         time.sleep(0.1)

@@ -53,6 +53,23 @@ def test_experiment_sweeps_compose_and_validate(name, scale):
     assert len({run_key(c) for c in cfgs}) == len(cfgs)  # every run of the sweep is distinct
 
 
+@pytest.mark.parametrize("scale", ["smoke", "paper"])
+@pytest.mark.parametrize("model", ["vgg", "dln"])
+def test_every_scale_measures_the_landscape_often_enough_in_the_early_window(scale, model):
+    """The early-window claims (experiments.lib.landscape) judge peaks and quantiles over the first EARLY of a
+    run: at least MIN_EARLY_PROBES measurements there, at every scale."""
+    from bnlab.training.probe_schedule import ProbeSchedule
+    from experiments.lib.landscape import EARLY, MIN_EARLY_PROBES
+
+    cfg = compose([f"model={model}", f"scale={scale}"])
+    schedule = ProbeSchedule.__new__(ProbeSchedule)  # only its schedule, no model
+    schedule.cfg, schedule.steps = cfg.probes, cfg.train.steps
+    window = [s for s in range(int(EARLY * cfg.train.steps)) if schedule._landscape_due(s)]
+    assert len(window) >= MIN_EARLY_PROBES, (scale, model, window)
+    later = [s for s in range(int(EARLY * cfg.train.steps), cfg.train.steps) if schedule._landscape_due(s)]
+    assert all(s % cfg.probes.every == 0 for s in later)  # dense early only, not everywhere
+
+
 @pytest.mark.parametrize("overrides", [
     ["experiment=figure3", "scale=smoke", "model=dln,vgg", "norm=none,batch", "optim.lr_factor=1,0.1", "seed=0,1"],
     ["experiment=figure1", "norm=none,batch", "optim.lr=0.1,0.5", "seed=0", "norm=batch,l1"],  # a key given twice
@@ -65,6 +82,23 @@ def test_sweep_expansion_matches_hydras_basic_sweeper(overrides):
 
     reference = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(overrides), None)[0]
     assert expand(overrides) == reference
+
+
+@pytest.mark.parametrize("name", ["figure3", "lp-training"])
+def test_a_sweep_composed_once_per_configuration_equals_composing_every_seed(name):
+    """sweep() composes each configuration once and sets its seeds before resolving: the same configs as
+    composing each job with its seed=<s> override."""
+    from omegaconf import OmegaConf
+
+    from experiments.lib.runs import sweep
+
+    cfgs = sweep(name, "smoke", 3, ["train.steps=7"])
+    params = compose([f"experiment={name}", "scale=smoke"], with_hydra=True).hydra.sweeper.params
+    jobs = expand([f"experiment={name}", "scale=smoke", "train.steps=7", *[f"{k}={v}" for k, v in params.items()],
+                   "seed=0,1,2"])
+    assert len(cfgs) == len(jobs)
+    for cfg, job in zip(cfgs, jobs, strict=True):
+        assert OmegaConf.to_container(cfg) == OmegaConf.to_container(compose(job))
 
 
 def test_defaults_follow_the_spec():

@@ -242,3 +242,21 @@ def test_the_hessian_probe_is_validated_and_left_out_of_identity_while_off():
                           ("probes.hessian.trace_samples=-1", "probes.hessian.trace_samples")):
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             validate(compose([*SMALL_DLN, *HESSIAN, override]))
+
+
+def test_a_network_whose_modes_compute_one_function_is_measured_in_one(runs_dir):
+    """Without running statistics, noise or dropout, eval mode is the same function: its Hessian is measured
+    once (train mode), not twice."""
+    from runhelpers import metrics
+    from torch import nn
+
+    from bnlab.config import compose
+    from bnlab.norms import make_norm
+    from bnlab.training.runner import run
+
+    standard = metrics(run(compose([*SMALL_DLN, "norm=none", *HESSIAN])))
+    assert (standard.metric == "hessian_eig1_train").sum() == 3 and not standard.metric.str.endswith("_eval").any()
+    assert not probes.modes_differ(nn.Sequential(nn.Linear(2, 2), nn.ReLU()))
+    for layer in (make_norm("batch", 2), make_norm("l1", 2), nn.Dropout(0.1), nn.BatchNorm1d(2),
+                  make_norm("none", 2, noise=dict(n_mu=0.5, n_sigma=1.25, r_mu=0.1, r_sigma=0.1))):
+        assert probes.modes_differ(nn.Sequential(nn.Linear(2, 2), layer)), layer

@@ -65,26 +65,29 @@ def test_estimated_seconds_follows_steps_width_and_probes():
         costs.estimated_seconds(small) * 8 ** costs.VGG_WIDTH_EXPONENT)
     assert costs.estimated_seconds(small) == pytest.approx(100 * costs.STEP_SECONDS["vgg"]["batch"])
     probed = compose(["model=vgg", "scale=smoke", "norm=batch", "train.steps=100"])
-    # probe steps 0, 40 and 80, each carrying the probes' extra cost of the 40 steps it stands for
-    extra = 3 * (costs.PROBED_STEP_FACTOR["vgg"] - 1) * 40
-    assert probed.probes.every == 40 == costs.PROBED_EVERY["vgg"]
+    # probe steps 0, 40 and 80, each carrying the probes' extra cost of the 40 steps it stands for; and the
+    # landscape alone at step 10, the early window's (the first 20 steps), its 8 multipliers and the gradient
+    # each a forward and backward pass beside the step's own
+    extra = 3 * (costs.PROBED_STEP_FACTOR["vgg"] - 1) * 40 + (2 + 8 - 1)
+    assert probed.probes.every == 40 == costs.PROBED_EVERY["vgg"] and costs.step_kinds(probed)["early"] == 1
     assert costs.estimated_seconds(probed) == pytest.approx(costs.estimated_seconds(small) * (100 + extra) / 100)
     # a probe step costs the same at another interval: probes every 20 are 5 probe steps, each as dear as above
     denser = compose(["model=vgg", "scale=smoke", "norm=batch", "train.steps=100", "probes.every=20"])
     assert costs.estimated_seconds(denser) == pytest.approx(
-        costs.estimated_seconds(small) * (100 + extra * 5 / 3) / 100)
+        costs.estimated_seconds(small) * (100 + (extra - 9) * 5 / 3 + 9) / 100)
 
 
 @pytest.mark.parametrize("overrides", [
     ["model=vgg", "scale=smoke", "train.steps=97"], ["model=dln", "scale=smoke", "train.steps=1000"],
     ["model=dln", "probes=none", "train.steps=50"], ["model=vgg", "scale=smoke", "train.steps=5"],
-    ["model=vgg", "probes.every=1", "train.steps=9"],
+    ["model=vgg", "probes.every=1", "train.steps=9"], ["model=vgg", "scale=smoke", "train.steps=500"],
+    ["model=vgg", "scale=smoke", "train.steps=203", "probes.landscape.early.every=7"],
     ["experiment=curvature", "model=dln", "scale=smoke", "train.steps=333", "probes.theorems.every=7"]])
 def test_step_kinds_counts_each_step_as_the_loop_treats_it(overrides):
     cfg = compose(overrides)
-    naive = {"plain": 0, "probe": 0, "after": 0}
+    naive = {"plain": 0, "probe": 0, "early": 0, "after": 0}
     for step in range(1, cfg.train.steps):
-        naive[step_kind(cfg.probes, probes_enabled(cfg), step)] += 1
+        naive[step_kind(cfg.probes, probes_enabled(cfg), step, cfg.train.steps)] += 1
     kinds = costs.step_kinds(cfg)
     assert {k: kinds[k] for k in naive} == naive and kinds["first"] == 1
     for curvature in ("hessian", "theorems"):  # measured at step 0 and every `every` steps, on top of the step
@@ -98,7 +101,7 @@ def test_figure_dry_run_plans_without_training_or_touching_the_data(runs_dir, tm
     monkeypatch.setenv("BNLAB_DATA", str(tmp_path / "no-data"))
     assert figure_cli.main(["figure1", "--scale", "smoke", "--train", "--out", str(tmp_path / "results")]) == 0
     out = capsys.readouterr().out
-    assert "dry run: 4 distinct runs needed, 0 already in the store, 0 served by a probed twin, 4 would train" in out
+    assert "dry run: 12 distinct runs needed, 0 already in the store, 0 served by a probed twin, 12 would train" in out
     assert f"would download CIFAR-10 into {tmp_path / 'no-data' / 'cifar-10-batches-py'}" in out
     assert not (tmp_path / "no-data").exists() and not (tmp_path / "results").exists()
     assert not list(runs_dir.rglob("*.parquet"))

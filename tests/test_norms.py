@@ -148,3 +148,65 @@ def test_make_norm_kinds():
     assert make_norm("linf", 4).p == math.inf
     with pytest.raises(ValueError, match="unknown normalization kind 'group'"):
         make_norm("group", 4)
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, 3.0, math.inf])
+@pytest.mark.parametrize("center", [False, True])
+@pytest.mark.parametrize("layout", ["features", "channels_last", "channels_last_folded", "stacked"])
+def test_lp_norm_backward_written_out_is_autograds_at_first_and_second_order(p, center, layout):
+    """The layer's own backward pass (bnlab.norms._LpNormalize) against autograd through the plain composition
+    (lp_normalize), in float64: the gradients of the input, scale and shift; and a Hessian-vector product,
+    which goes through the exact fallback."""
+    from bnlab.models.dln_stack import StackedLpNorm
+    from bnlab.norms import lp_normalize
+
+    g = torch.Generator().manual_seed(0)
+    if layout == "stacked":
+        layer = StackedLpNorm((2, 3), p, center).double()
+        x = torch.randn(2, 3, 7, generator=g, dtype=torch.float64)
+    else:
+        layer = LpNorm(3, p, center).double()
+        shape = {"features": (6, 3), "channels_last": (4, 3, 3, 3), "channels_last_folded": (8, 3, 4, 4)}[layout]
+        x = torch.randn(*shape, generator=g, dtype=torch.float64)
+        if layout.startswith("channels_last"):  # (8 x 4 x 4 = 128 positions: bnlab.norms._reduce folds them)
+            x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        layer.weight.uniform_(0.5, 1.5, generator=g)
+        layer.bias.uniform_(-0.5, 0.5, generator=g)
+    target = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    dims = layer._statistics_dims(x)
+
+    def loss(module_output):
+        return (torch.tanh(module_output) * target).sum()
+
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ours = torch.autograd.grad(loss(layer(x1)), [x1, layer.weight, layer.bias])
+    plain = lp_normalize(x2, layer.weight, layer.bias, p, center, layer.eps, dims)[0]
+    expected = torch.autograd.grad(loss(plain), [x2, layer.weight, layer.bias])
+    for a, b in zip(ours, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+    v = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    for module in (layer, None):
+        xi = x.clone().requires_grad_()
+        out = layer(xi) if module is not None else lp_normalize(xi, layer.weight, layer.bias, p, center, layer.eps,
+                                                               dims)[0]
+        (first,) = torch.autograd.grad(loss(out), xi, create_graph=True)
+        (hv,) = torch.autograd.grad(first, xi, v)
+        if module is not None:
+            ours_hv = hv
+    torch.testing.assert_close(ours_hv, hv, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("center", [False, True])
+def test_lp_norm_linf_shares_the_gradient_between_tied_maxima_as_autograd_does(center):
+    from bnlab.norms import lp_normalize
+
+    layer = LpNorm(2, math.inf, center).double()
+    x = torch.tensor([[2.0, -3.0], [-2.0, 1.0], [2.0, 3.0], [0.5, -1.0]], dtype=torch.float64)  # |max| tied
+    target = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    (ours,) = torch.autograd.grad((layer(x1) * target).sum(), x1)
+    plain = lp_normalize(x2, layer.weight, layer.bias, math.inf, center, layer.eps, [0])[0]
+    (expected,) = torch.autograd.grad((plain * target).sum(), x2)
+    torch.testing.assert_close(ours, expected, rtol=1e-12, atol=1e-14)

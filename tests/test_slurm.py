@@ -53,8 +53,9 @@ def slurm(*args) -> str:
 
 def test_a_figure_sweep_runs_as_one_job_array_and_the_figure_is_drawn(slurm_cluster, tmp_path):
     env = {**os.environ, "BNLAB_RUNS": str(tmp_path / "runs")}
-    command = [sys.executable, "-m", "experiments.cli", "lp-landscape-dln", "--scale", "smoke", "--train",
-               "--launcher", "slurm_local", "--pack", "2", "--out", str(tmp_path / "results"), "train.steps=300"]
+    command = [sys.executable, "-m", "experiments.cli", "lp-landscape-dln", "--scale", "smoke", "--seeds", "1",
+               "--train", "--launcher", "slurm_local", "--pack", "2", "--out", str(tmp_path / "results"),
+               "train.steps=300"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     summaries = [json.loads(p.read_text()) for p in (tmp_path / "runs" / "smoke").glob("*/summary.json")]
@@ -129,7 +130,8 @@ def test_runs_packed_in_one_task_all_checkpoint_on_the_signal_and_resume_identic
     directories = [store.run_dir(cfg) for cfg in sweep("dln-landscape", "smoke", 1,
                                                        [*overrides, f"runtime.runs_dir={runs}"])]
     figure = subprocess.Popen(
-        [sys.executable, "-m", "experiments.cli", "dln-landscape", "--scale", "smoke", "--train", "--launcher",
+        [sys.executable, "-m", "experiments.cli", "dln-landscape", "--scale", "smoke", "--seeds", "1", "--train",
+         "--launcher",
          "slurm_local", "--pack", "2", "--out", str(tmp_path / "results"), *overrides, f"runtime.runs_dir={runs}",
          "hydra.job.name=bnlab-pack-test"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -116,6 +116,40 @@ def test_theorem_42_is_an_equality_against_dense_hessians(seed):
         assert abs(float(reduction)) > 1e-6 * abs(float(first))  # the reduction term is really there
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_theorem_42_with_eps_is_the_exact_expansion_and_the_printed_bound_fails_by_it(seed):
+    """With eps > 0: along y + t v, a = <y - mean, v>/m, sigma(t)^2 = sigma^2 + 2 t a + t^2 |v|^2/m, so
+    1/sigma(t) = 1/sigma (1 - t a/sigma^2 + t^2 (3 a^2/(2 sigma^4) - |v|^2/(2 m sigma^2))) + O(t^3) and
+    y-hat(t) = (y - mean + t v)/sigma(t) has y-hat' = (v - a/sigma y-hat)/sigma and
+    y-hat'' = y-hat (3 a^2/sigma^4 - |v|^2/(m sigma^2)) - 2 a v/sigma^3; the second derivative of L(z(t)) is
+    (gamma y-hat')^T H (gamma y-hat') + gamma <g, y-hat''>. Checked here against the dense Hessian in y."""
+    eps = 0.5  # large, so that the eps terms show
+    y, gamma, beta, loss_of_z, loss_of_y, normalize = unit_problem(eps=eps, seed=seed)
+    z = gamma * normalize(y) + beta
+    g = torch.autograd.functional.jacobian(loss_of_z, z)
+    v = torch.autograd.functional.jacobian(loss_of_y, y)
+    y_hat, sigma2 = normalize(y), (y - y.mean(0)).square().mean(0) + eps
+    for c in range(C):
+        def of_yc(yc, c=c):
+            return loss_of_y(torch.cat([y[:, :c], yc[:, None], y[:, c + 1:]], 1))
+
+        def of_zc(zc, c=c):
+            return loss_of_z(torch.cat([z[:, :c], zc[:, None], z[:, c + 1:]], 1))
+
+        lhs = v[:, c] @ torch.autograd.functional.hessian(of_yc, y[:, c]) @ v[:, c]
+        hessian_z = torch.autograd.functional.hessian(of_zc, z[:, c])
+        sigma, vc, gc, yh = sigma2[c].sqrt(), v[:, c], g[:, c], y_hat[:, c]
+        a = sigma * (yh @ vc) / M
+        w = gamma[c] / sigma * (vc - a / sigma * yh)
+        second = ((gc @ yh) * (3 * a ** 2 / sigma2[c] ** 2 - vc.square().sum() / (M * sigma2[c]))
+                  - 2 * a * (gc @ vc) / sigma ** 3)
+        exact = w @ hessian_z @ w + gamma[c] * second
+        assert float(lhs) == pytest.approx(float(exact), rel=1e-9)
+        reduction = gamma[c] / (M * sigma2[c]) * (gc @ yh) * vc.square().sum()
+        printed = gamma[c] ** 2 / sigma2[c] * (vc @ hessian_z @ vc) - reduction
+        assert abs(float(printed - exact)) > 1e-6 * abs(float(exact))  # eps moves the printed bound off the truth
+
+
 def small_model(kind: str, inplace: bool = False, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     norm = nn.BatchNorm1d(5) if kind == "torch" else make_norm("batch", 5)
@@ -188,6 +222,9 @@ def test_the_probe_measures_both_sides_as_the_dense_computation(kind):
         assert torch.allclose(r["rhs41_printed"], r["first"] - r["mean_term"] - math.sqrt(10) * r["corr_term"])
         assert (r["lhs41"] <= r["rhs41"]).all()  # derived: holds (eps leaves a little room)
         assert torch.allclose(r["rhs42"], r["hessian_term"] - r["reduction42"])
+        for unit in range(5):  # eps included, the right-hand side is the dense second derivative itself
+            expected = independent(model, x, target, index, unit)["lhs42"]
+            assert float(r["rhs42_exact"][unit]) == pytest.approx(float(expected), rel=1e-9, abs=1e-14)
 
 
 def test_convolutional_units_run_over_batch_and_positions():
@@ -257,6 +294,7 @@ def test_theorem_rows_summarize_units_as_a_naive_loop_does():
     r = {key: torch.randn(n, generator=g, dtype=torch.float64) for key in
          ("lhs41", "rhs41", "rhs41_printed", "mean_term", "corr_term", "corr", "lhs42", "rhs42", "hessian_term",
           "reduction42")}
+    r["rhs42_exact"] = r["lhs42"] + 0.2 * torch.randn(n, generator=g, dtype=torch.float64)  # rounding, say
     r["first"] = torch.rand(n, generator=g, dtype=torch.float64)
     r["first"][3] = 0.0  # a unit whose gradient vanishes: holds, gap 0
     r["scale"] = torch.rand(n, generator=g, dtype=torch.float64)
@@ -272,6 +310,13 @@ def test_theorem_rows_summarize_units_as_a_naive_loop_does():
     assert rows["thm41_gap_min"] == pytest.approx(min(gaps))
     assert rows["thm41_gap_median"] == pytest.approx(sorted(gaps)[n // 2])
     assert rows["thm42_holds"] == pytest.approx(sum(x >= -0.1 for x in gaps42) / n)
+    exact = gap(r["rhs42_exact"], r["lhs42"], size42)
+    assert rows["thm42_exact_holds"] == pytest.approx(sum(abs(x) <= 0.1 for x in exact) / n)
+    assert rows["thm42_exact_gap_max"] == pytest.approx(max(abs(x) for x in exact))
+    assert rows["thm42_eps_min"] == pytest.approx(min(gap(r["rhs42"], r["rhs42_exact"], size42)))
+    failing = [i for i in range(n) if gaps42[i] < -0.1]
+    assert failing and rows["thm42_explained"] == pytest.approx(sum(abs(exact[i]) <= 0.1 for i in failing) /
+                                                                len(failing))
     assert rows["thm_corr_positive"] == pytest.approx(sum(float(c) > 0 for c in r["corr"]) / n)
     assert rows["thm42_hessian_nonneg"] == pytest.approx(sum(float(h) >= 0 for h in r["hessian_term"]) / n)
     shares = [float(r["corr_term"][i]) / float(r["first"][i]) if r["first"][i] > 0 else 0.0 for i in range(n)]

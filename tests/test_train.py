@@ -29,7 +29,7 @@ def test_run_writes_config_tidy_metrics_and_summary(runs_dir):
     assert list(metrics.columns) == ["step", "metric", "layer", "value"]
     assert (metrics[metrics.metric == "loss"].step.tolist()) == list(range(30))
     ics = metrics[metrics.metric == "ics_cos"]
-    assert sorted(ics.step.unique()) == [0, 10, 20] and sorted(ics.layer.unique()) == list(range(1, 26))
+    assert sorted(ics.step.unique()) == [0, 10, 20] and sorted(ics.layer.unique()) == [9, 17]  # figure 3's layers
     assert (metrics.metric.str.startswith("grad_diff@")).sum() == 3 * 8
     assert set(metrics[metrics.metric == "bn_sigma_mean"].layer) == set(range(1, 25))
     summary = json.loads((directory / "summary.json").read_text())
@@ -65,8 +65,34 @@ def test_run_without_probes_is_served_by_a_probed_twin(runs_dir):
     assert run(plain) == probed and not store.run_dir(plain).exists()  # nothing trained
     other = tiny(runs_dir, "norm=batch", "probes=none", "optim.lr=2e-6")  # another trajectory: no twin
     assert store.find_run(other) == store.run_dir(other)
-    probed_elsewhere = tiny(runs_dir, "norm=batch", "probes.every=5")  # a probed run is never substituted
+    probed_elsewhere = tiny(runs_dir, "norm=batch", "probes.every=5")  # other probe steps: not substituted
     assert store.find_run(probed_elsewhere) == store.run_dir(probed_elsewhere)
+
+
+CURVATURE = ["probes.hessian.enabled=true", "probes.hessian.every=10", "probes.hessian.iterations=4",
+             "probes.theorems.enabled=true", "probes.theorems.every=20", "probes.theorems.units=2"]
+
+
+def test_a_run_is_served_by_a_twin_whose_probes_cover_its_own_bit_for_bit(runs_dir, tmp_path):
+    from runhelpers import metrics
+
+    covering = run(tiny(runs_dir, "norm=batch", *CURVATURE))
+    default = tiny(runs_dir, "norm=batch")
+    assert store.find_run(default) == covering and run(default) == covering
+    assert not store.run_dir(default).exists()  # nothing trained
+    assert store.find_run(tiny(runs_dir, "norm=batch", *CURVATURE[:3])) == covering  # the Hessian alone: covered
+    other = tiny(runs_dir, "norm=batch", "probes.ics.layers=[1,2]")  # a probe measured otherwise: not covered
+    assert store.find_run(other) == store.run_dir(other)
+    # what the served run holds is what the run logs when trained alone, every row bit for bit
+    alone = metrics(run(tiny(tmp_path / "alone", "norm=batch")))
+    held = metrics(covering)
+    held = held[held.metric.isin(set(alone.metric))].reset_index(drop=True)
+    pd.testing.assert_frame_equal(held, alone)
+    # and the reverse: a default-probed run in the store does not serve a curvature run
+    plain_store = tmp_path / "plain"
+    run(tiny(plain_store, "norm=batch"))
+    wanted = tiny(plain_store, "norm=batch", *CURVATURE)
+    assert store.find_run(wanted) == store.run_dir(wanted)
 
 
 def test_divergence_marks_the_run_and_does_not_raise(runs_dir):

@@ -1,6 +1,7 @@
 """VGG: shapes, the paper's layer numbering, biases, init, and the noisy layer in train and eval mode;
 a tiny VGG run through the training loop with evaluation and every probe."""
 
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -90,7 +91,7 @@ TINY_VGG = ["model=vgg", "scale=smoke", "model.width=0.0625", "train.steps=6", "
 
 
 def test_tiny_vgg_run_trains_evaluates_and_probes(tiny_cifar, runs_dir):
-    directory = run(compose([*TINY_VGG, "norm=batch"]))
+    directory = run(compose([*TINY_VGG, "norm=batch", "probes.ics.layers=all"]))
     m = store.read_metrics(directory)
     summary = store.read_summary(directory)
     assert summary["status"] == "finished" and "JPEG copy" in summary["data"]
@@ -103,6 +104,22 @@ def test_tiny_vgg_run_trains_evaluates_and_probes(tiny_cifar, runs_dir):
     act_steps = sorted(m[m.metric.str.startswith("act_mean")].step.unique())
     assert act_steps == [0, 1, 3, 4]  # each probe step and the one after it (figure 8)
     assert set(m[m.metric.str.startswith("act_q")].layer) == {2, 3, 9, 11, 13}
+
+
+def test_a_curvature_run_serves_the_default_probed_run_bit_for_bit(tiny_cifar, runs_dir, tmp_path):
+    """The curvature probes switch a BatchNorm model out of channels-last and back (second_order_layout): the
+    probes they share with a default-probed run still measure exactly what that run measures alone."""
+    from runhelpers import metrics
+
+    curvature = ["probes.hessian.enabled=true", "probes.hessian.every=2", "probes.hessian.iterations=3",
+                 "probes.theorems.enabled=true", "probes.theorems.every=3", "probes.theorems.units=1"]
+    covering = run(compose([*TINY_VGG, "norm=batch", *curvature]))
+    default = compose([*TINY_VGG, "norm=batch"])
+    assert store.find_run(default) == covering
+    alone = metrics(run(compose([*TINY_VGG, "norm=batch", f"runtime.runs_dir={tmp_path / 'alone'}"])))
+    held = metrics(covering)
+    assert set(alone.metric) < set(held.metric)
+    pd.testing.assert_frame_equal(held[held.metric.isin(set(alone.metric))].reset_index(drop=True), alone)
 
 
 def test_probes_do_not_change_a_vgg_trajectory(tiny_cifar, runs_dir, tmp_path):

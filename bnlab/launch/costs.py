@@ -14,7 +14,7 @@ from __future__ import annotations
 from omegaconf import OmegaConf
 
 from bnlab.config import probes_enabled
-from bnlab.training.probe_schedule import step_kind
+from bnlab.training.probe_schedule import early_window_end, step_kind
 
 STEP_SECONDS = {"vgg": {"none": 0.076, "batch": 0.078, "l1": 0.081, "l2": 0.100, "linf": 0.108},
                 "dln": {"none": 0.0035, "batch": 0.0065, "l1": 0.012, "l2": 0.013, "linf": 0.0135}}
@@ -36,15 +36,19 @@ def step_kinds(cfg) -> dict[str, int]:
     """What the run `cfg` describes is made of: its setup (building the Trainer: data onto the device, the
     model), its first step (with its first probe and evaluation and any one-time warm-up, such as cuDNN's
     autotuning on a GPU), its other steps by kind (bnlab.training.probe_schedule.step_kind: plain, probe,
-    after) and its other evaluations (bnlab.training.loop.Trainer.fit: every `eval.every` steps, and of the
-    trained model)."""
+    early, after) and its other evaluations (bnlab.training.loop.Trainer.fit: every `eval.every` steps, and of
+    the trained model)."""
     enabled, steps, every = probes_enabled(cfg), cfg.train.steps, cfg.probes.every
-    kinds = {"setup": 1, "first": 1, "plain": 0, "probe": 0, "after": 0}
-    # A step's kind depends only on step % every: count the steps 1 ... steps-1 of each residue (a run of
-    # 1e6 steps is counted as fast as one of 100)
+    kinds = {"setup": 1, "first": 1, "plain": 0, "probe": 0, "early": 0, "after": 0}
+    # The early window step by step; after it a step's kind depends only on step % every: count the steps of
+    # each residue (a run of 1e6 steps is counted as fast as one of 100)
+    window = min(steps, max(1, early_window_end(cfg.probes, steps))) if enabled else 1
+    for step in range(1, window):
+        kinds[step_kind(cfg.probes, enabled, step, steps)] += 1
     for residue in range(every):
-        count = len(range(residue or every, steps, every))
-        kinds[step_kind(cfg.probes, enabled, residue or every)] += count
+        first = window + (residue - window) % every
+        if first < steps:
+            kinds[step_kind(cfg.probes, enabled, first, steps)] += len(range(first, steps, every))
     every = cfg.data.eval.every if cfg.data.name == "cifar10" else None
     kinds["evaluations"] = len(range(every, steps, every)) + 1 if every else 0
     for curvature in CURVATURE_PROBES:  # measurements at their own intervals, on top of the step's own kind
@@ -59,21 +63,23 @@ CURVATURE_PROBES = ("hessian", "theorems")
 
 def hessian_vector_products(cfg) -> dict[str, int]:
     """Hessian-vector products per measurement of each curvature probe, at most: Lanczos' iteration limit and
-    the trace's samples in each mode; for the theorems two per drawn unit of every BatchNorm layer, each
+    the trace's samples in each mode; for the theorems three per drawn unit of every BatchNorm layer, each
     through the network above its layer only, counted as half a product."""
     h, t = cfg.probes.hessian, OmegaConf.select(cfg, "probes.theorems")
-    products = {"hessian": len(h.modes) * (h.iterations + h.trace_samples)}
+    # a network whose modes compute one function is measured in one (bnlab.probes.modes_differ)
+    modes = len(h.modes) if cfg.norm.kind != "none" or cfg.norm.noise.enabled else 1
+    products = {"hessian": modes * (h.iterations + h.trace_samples)}
     if t is not None and t.enabled:
         from bnlab.models import build_model
         from bnlab.probes import theorem_layers
 
-        products["theorems"] = t.units * len(theorem_layers(build_model(cfg)))
+        products["theorems"] = 1.5 * t.units * len(theorem_layers(build_model(cfg)))
     return products
 
 
 def predicted_seconds(cfg, costs: dict[str, float]) -> float:
     """A run's time from the cost (seconds) of each of its parts (step_kinds)."""
-    return sum(count * costs[kind] for kind, count in step_kinds(cfg).items())
+    return sum(count * costs[kind] for kind, count in step_kinds(cfg).items() if count)
 
 
 def planning_costs(cfg) -> dict[str, float]:
@@ -88,7 +94,10 @@ def planning_costs(cfg) -> dict[str, float]:
     # what a probe step adds is fixed (passes through the model), whatever the interval between probe steps
     probe = per_step * (1 + (PROBED_STEP_FACTOR[model] - 1) * PROBED_EVERY[model])
     first = probe if probes_enabled(cfg) else per_step
-    costs = {"setup": 0.0, "first": first, "plain": per_step, "probe": probe, "after": per_step, "evaluations": 0.0}
+    # an early step measures the landscape alone: the gradient, then a forward and backward pass per multiplier
+    early = per_step * (2 + cfg.probes.landscape.multipliers.num)
+    costs = {"setup": 0.0, "first": first, "plain": per_step, "probe": probe, "early": early, "after": per_step,
+             "evaluations": 0.0}
     if cfg.probes.hessian.enabled or OmegaConf.select(cfg, "probes.theorems.enabled", default=False):
         for curvature, products in hessian_vector_products(cfg).items():
             costs[curvature] = (1 + products) * HVP_STEP_FACTOR * per_step  # and one forward and backward pass

@@ -1,6 +1,6 @@
 """Which runs a set of run configs still needs trained, and training them: here (local) or through a
-Hydra launcher (slurm). Figures share runs, and an unprobed run is served by a probed run of the same
-trajectory, so the plan trains each distinct run once."""
+Hydra launcher (slurm). Figures share runs, and a run is served by another of the same trajectory whose
+probes cover its own (an unprobed run by any probed one), so the plan trains each distinct run once."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 from omegaconf import OmegaConf
 
 from bnlab import store
-from bnlab.config import probes_enabled, trajectory_identity
+from bnlab.config import probes_cover, trajectory_identity
 from bnlab.data import cifar10
 from bnlab.launch.costs import estimated_seconds
 from bnlab.launch.local import train_pool
@@ -24,7 +24,7 @@ def _trajectory(cfg) -> str:
 
 def plan(cfgs) -> tuple[dict, set, set, dict]:
     """What training `cfgs` takes: the distinct runs needed ({directory: cfg}; figures share runs), those
-    already finished in the store, the unprobed ones a probed twin of the same trajectory will serve, and
+    already finished in the store, those another run of the same trajectory with covering probes will serve, and
     the rest, to train ({directory: cfg})."""
     needed = {str(store.run_dir(cfg)): cfg for cfg in cfgs}
     stored = {d for d, cfg in needed.items() if store.is_finished(store.find_run(cfg))}
@@ -34,18 +34,24 @@ def plan(cfgs) -> tuple[dict, set, set, dict]:
 
 
 def fresh_runs(cfgs) -> list:
-    """The runs `cfgs` need trained into an empty store: distinct runs, less the unprobed ones that a
-    probed run of the same trajectory serves."""
+    """The runs `cfgs` need trained into an empty store: distinct runs, less those that another run of the
+    same trajectory with covering probes serves."""
     needed = {str(store.run_dir(cfg)): cfg for cfg in cfgs}
     twins = _served_by_twins(needed)
     return [c for d, c in needed.items() if d not in twins]
 
 
 def _served_by_twins(pending: dict) -> set:
-    """The unprobed runs of `pending` ({directory: cfg}) that a probed run of it with the same trajectory
-    serves (their training metrics are the same, bit for bit)."""
-    probed = {_trajectory(c) for c in pending.values() if probes_enabled(c)}
-    return {d for d, c in pending.items() if not probes_enabled(c) and _trajectory(c) in probed}
+    """The runs of `pending` ({directory: cfg}) that another run of it with the same trajectory serves: one
+    whose probes cover theirs (bnlab.config.probes_cover; its metrics hold theirs, bit for bit)."""
+    by_trajectory: dict[str, list] = {}
+    for d, c in pending.items():
+        by_trajectory.setdefault(_trajectory(c), []).append((d, c))
+    # two runs that cover each other (they differ only in the settings of probes both leave off): the first
+    # directory in order is trained
+    return {d for group in by_trajectory.values() for d, c in group
+            if any(other != d and probes_cover(twin, c) and (not probes_cover(c, twin) or other < d)
+                   for other, twin in group)}
 
 
 def duration(seconds: float) -> str:
@@ -92,8 +98,8 @@ def _warn_if_slow(cfgs) -> None:
 def train_missing(cfgs, jobs: int, launcher: str = "local", launcher_overrides=(), name: str = "runs",
                   pack: int = 1) -> None:
     """Train every run of `cfgs` not yet finished in the store: `jobs` processes at a time here, or through
-    a Hydra launcher (SLURM). A run without probes is not trained when a probed run of the same trajectory
-    is stored or about to be trained: the store serves it from that twin (bnlab.store.find_run)."""
+    a Hydra launcher (SLURM). A run is not trained when a run of the same trajectory whose probes cover its
+    own is stored or about to be trained: the store serves it from that twin (bnlab.store.find_run)."""
     needed, stored, twins, todo = plan(cfgs)
     prepare_data(todo.values())
     where = f"{jobs} at a time" if launcher == "local" else f"{pack} per task of one job array, launcher {launcher}"

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from bnlab.norms import BatchNorm
+from bnlab.norms import BatchNoise, BatchNorm, LpNorm
 from bnlab.util.rng import rng_state, set_rng_state
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -94,6 +94,14 @@ def _loss(model, loss_fn, inputs, targets, m: _Measurement) -> torch.Tensor:
     affect only that run's loss, so they get exactly that run's gradient."""
     m.replay()
     return loss_fn(model(inputs), targets)
+
+
+def modes_differ(model: nn.Module) -> bool:
+    """Whether `model` computes another function in eval mode than in train mode: it has normalization with
+    running statistics (BatchNorm, bnlab's l_p layers), noise or dropout. Without any, a measurement in eval
+    mode repeats the train-mode one."""
+    kinds = (BatchNorm, nn.modules.batchnorm._BatchNorm, LpNorm, BatchNoise, nn.modules.dropout._DropoutNd)
+    return any(isinstance(m, kinds) for m in model.modules())
 
 
 def batchnorm_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -17,8 +17,15 @@ eps > 0 the 1/m bound holds with a little room: |v|^2 = gamma^2/sigma^2 (|g|^2 -
 
 Theorem 4.2: v^T (d^2 L / dy dy) v <= gamma^2/sigma^2 v^T H v - gamma/(m sigma^2) <g,y-hat> |v|^2, with H the
 Hessian with respect to the unit's output z. Expanding z(y + t v) to second order in t (v is orthogonal to 1
-and y-hat when eps = 0) gives this as an equality, the paper's (50); the measured sides differ by eps and
-rounding only.
+and y-hat when eps = 0) gives this as an equality, the paper's (50). With eps > 0 (BatchNorm's 1e-5), v is
+orthogonal to 1 but not to y-hat: <y-hat, v> = gamma/sigma <g,y-hat> eps/sigma^2. Along y + t v the mean stays,
+sigma(t)^2 = sigma^2 + 2 t a + t^2 |v|^2/m with a = <y - mean, v>/m, and the exact second derivative is
+    w^T H w + gamma [<g,y-hat> (3 a^2/sigma^4 - |v|^2/(m sigma^2)) - 2 a <g,v>/sigma^3],
+w = gamma/sigma (v - <y-hat,v>/m y-hat) the first-order change of z (derived in tests/test_theorems.py, checked
+against dense Hessians). The paper's right-hand side exceeds it by eps terms of order eps/sigma^2 whose sign is
+that of <g,y-hat>: where <g,y-hat> < 0 the printed bound fails by them, most at units of small variance. The
+probe reports both right-hand sides ("rhs42", as printed; "rhs42_exact", eps included), so each measured gap
+splits into eps (rhs42 - rhs42_exact) and rounding (rhs42_exact - lhs42).
 
 Each side is measured: |v|^2 and v^T (d^2L/dy dy) v by autograd through the BatchNorm layer (Hessian-vector
 products, double backward), the right-hand sides from g, y and H v (products with respect to z). The
@@ -52,7 +59,8 @@ def batchnorm_theorems(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, 
       "lhs41" |v|^2, "rhs41" first - mean_term - corr_term (derived), "rhs41_printed" first - mean_term -
       sqrt(m) corr_term (as printed);
       and for the drawn units ("units42": their indices): "lhs42" v^T (d^2L/dy dy) v, "hessian_term"
-      gamma^2/sigma^2 v^T H v, "reduction42" gamma/(m sigma^2) <g,y-hat> |v|^2, "rhs42" their difference.
+      gamma^2/sigma^2 v^T H v, "reduction42" gamma/(m sigma^2) <g,y-hat> |v|^2, "rhs42" their difference (the
+      printed bound), "rhs42_exact" the exact second derivative with eps included (the module docstring).
     """
     if _runs(model):
         raise ValueError("the theorem probe measures one run; measure each run of a stacked model as its own model")
@@ -119,7 +127,7 @@ def _layer(module, y, z, grad_y, grad_z, units, generator) -> dict:
         chosen = torch.arange(channels)
     else:
         chosen = torch.randperm(channels, generator=generator)[:units].sort().values
-    lhs42, hessian_term = [], []
+    lhs42, hessian_term, exact_quadratic, grad_dot_v = [], [], [], []
     for c in chosen.tolist():
         direction = torch.zeros_like(grad_y)
         direction[:, c] = grad_y.detach()[:, c]  # v of unit c, zero elsewhere: the unit's own m x m block
@@ -127,9 +135,28 @@ def _layer(module, y, z, grad_y, grad_z, units, generator) -> dict:
         hv_z = torch.autograd.grad(grad_z, z, grad_outputs=direction, retain_graph=True)[0]
         lhs42.append(float((direction.double() * hv_y.double()).sum()))
         hessian_term.append(float(scale[c]) * float((direction.double() * hv_z.double()).sum()))
+        # With eps > 0, v is not orthogonal to y-hat, and z moves along w = gamma/sigma (v - <y-hat,v>/m y-hat)
+        # (the exact first-order change of z): the exact curvature term is w^T H w, not gamma^2/sigma^2 v^T H v.
+        vc = v[c]
+        w = gamma[c] / sigma2[c].sqrt() * (vc - (y_hat[c] @ vc) / m * y_hat[c])
+        along_w = torch.zeros_like(grad_z)
+        along_w[:, c] = w.to(grad_z.dtype).view_as(grad_z[:, c])
+        hw_z = torch.autograd.grad(grad_z, z, grad_outputs=along_w, retain_graph=True)[0]
+        exact_quadratic.append(float((along_w.double() * hw_z.double()).sum()))
+        grad_dot_v.append(float(g[c] @ vc))
     picked = chosen.to(ys.device)
     reduction = gamma[picked] / (m * sigma2[picked]) * g_dot_yhat[picked] * lhs41[picked]
     hessian_term = torch.tensor(hessian_term, dtype=torch.float64, device=ys.device)
+    # The second-order change of z along v, exactly (module docstring): with a = <y - mean, v>/m,
+    # gamma [<g,y-hat> (3 a^2/sigma^4 - |v|^2/(m sigma^2)) - 2 a <g,v>/sigma^3]; at eps = 0, a = 0 and this is
+    # the paper's reduction term, -gamma/(m sigma^2) <g,y-hat> |v|^2.
+    sigma = sigma2[picked].sqrt()
+    a = sigma * (y_hat[picked] * v[picked]).sum(1) / m
+    second = gamma[picked] * (g_dot_yhat[picked] * (3 * a.square() / sigma2[picked].square()
+                                                    - lhs41[picked] / (m * sigma2[picked]))
+                              - 2 * a * torch.tensor(grad_dot_v, dtype=torch.float64, device=ys.device) / sigma ** 3)
+    rhs42_exact = torch.tensor(exact_quadratic, dtype=torch.float64, device=ys.device) + second
     out.update({"units42": chosen, "lhs42": torch.tensor(lhs42, dtype=torch.float64, device=ys.device),
-                "hessian_term": hessian_term, "reduction42": reduction, "rhs42": hessian_term - reduction})
+                "hessian_term": hessian_term, "reduction42": reduction, "rhs42": hessian_term - reduction,
+                "rhs42_exact": rhs42_exact})
     return {key: (value.cpu() if isinstance(value, torch.Tensor) else value) for key, value in out.items()}

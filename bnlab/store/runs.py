@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 
-from bnlab.config import probes_enabled, run_key, trajectory_identity
+from bnlab.config import probes_cover, run_key, trajectory_identity
 from bnlab.util.files import atomic_write
 
 FINISHED = ("finished", "diverged")
@@ -91,16 +91,19 @@ def is_finished(directory: Path) -> bool:
 
 
 def find_run(cfg: DictConfig) -> Path:
-    """Where the run `cfg` lives: its own directory, or, for a run without probes that is not in the store,
-    a finished probed run with the same trajectory (its training metrics are the same, bit for bit)."""
+    """Where the run `cfg` lives: its own directory, or, when that is not in the store, a finished run with the
+    same trajectory whose probes cover its own (bnlab.config.probes_cover: an unprobed run is served by any
+    probed twin, a default-probed one by a curvature run of the same trajectory)."""
     own = run_dir(cfg)
-    if is_finished(own) or probes_enabled(cfg):
+    if is_finished(own):
         return own
     prefix = own.name.rsplit("-", 1)[0] + "-"  # model-norm-lr-seed: every candidate shares it
     wanted = trajectory_identity(cfg)
     for candidate in sorted(own.parent.glob(prefix + "*")):
-        if candidate != own and is_finished(candidate) and trajectory_identity(read_config(candidate)) == wanted:
-            return candidate
+        if candidate != own and is_finished(candidate):
+            stored = read_config(candidate)
+            if trajectory_identity(stored) == wanted and probes_cover(stored, cfg):
+                return candidate
     return own
 
 

@@ -1,4 +1,5 @@
-"""Runs the probes inside the training loop, at `probes.every` steps, and turns results into metric rows.
+"""Runs the probes inside the training loop, at `probes.every` steps (the landscape also at its denser interval
+early in the run), and turns results into metric rows.
 
 The landscape and activation probes look at theta_t before the optimizer step; internal covariate shift
 needs theta_{t+1} too, so it runs after the step with theta_t swapped back in for the measurement. All
@@ -11,6 +12,7 @@ each run keeps its own generators (seeded from its seed, as when it trains alone
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 
 import torch
@@ -26,12 +28,13 @@ class ProbeSchedule:
     def __init__(self, cfg, model: nn.Module, loss_fn, lr: float, seeds: list[int] | None = None):
         """`seeds`: those of a stacked model's runs, in order (default: the run's own, cfg.seed)."""
         p = cfg.probes
-        self.cfg, self.model, self.loss_fn, self.lr = p, model, loss_fn, lr
+        self.cfg, self.model, self.loss_fn, self.lr, self.steps = p, model, loss_fn, lr, cfg.train.steps
         self.stacked = getattr(model, "runs", None) is not None
         seeds = [cfg.seed] if seeds is None else seeds
         layers = probes.numbered_layers(model)
         self.number = {name: i + 1 for i, (name, _) in enumerate(layers)}
-        self.ics_layers = None if p.ics.layers == "all" else [layers[n - 1][0] for n in p.ics.layers]
+        self.ics_layers = None if p.ics.layers == "all" or not p.ics.enabled else \
+            [layers[n - 1][0] for n in p.ics.layers]
         m = p.landscape.multipliers
         self.multipliers = probes.landscape_multipliers(m.start, m.stop, m.num, m.spacing)
         self.direction_rngs = [torch.Generator().manual_seed(seed + 1) for seed in seeds]
@@ -49,6 +52,7 @@ class ProbeSchedule:
         self.bn_numbers = self._batchnorm_layer_numbers()
         self.any_enabled = probes_enabled(cfg)
         self.hessian = p.hessian if p.hessian.enabled else None
+        self.modes_differ = probes.modes_differ(model)
         self.hessian_seed = 1_000_003 * seeds[0]  # Lanczos start vectors: one stream per run, never torch's
         theorems = p.get("theorems")
         self.theorems = theorems if theorems is not None and theorems.enabled else None
@@ -64,8 +68,12 @@ class ProbeSchedule:
         return numbers
 
     def due(self, step: int) -> bool:
-        return step_kind(self.cfg, self.any_enabled, step) != "plain" or self._hessian_due(step) or \
+        return step_kind(self.cfg, self.any_enabled, step, self.steps) != "plain" or self._hessian_due(step) or \
             self._theorems_due(step)
+
+    def _landscape_due(self, step: int) -> bool:
+        """At every probe step, and in the early window at its denser interval."""
+        return self.cfg.landscape.enabled and (step % self.cfg.every == 0 or in_early_grid(self.cfg, step, self.steps))
 
     def _hessian_due(self, step: int) -> bool:
         return self.hessian is not None and step % self.hessian.every == 0
@@ -76,7 +84,8 @@ class ProbeSchedule:
     def _activations_due(self, step: int) -> bool:
         """At every probe step, and the step after it when `consecutive` is set (step_kind "after"), for the
         moment changes between successive steps (figure 8)."""
-        return self.cfg.activations.enabled and self.due(step)
+        a, every = self.cfg.activations, self.cfg.every
+        return a.enabled and (step % every == 0 or (a.consecutive and step % every == 1))
 
     def _direction_generator(self):
         return self.direction_rngs if self.stacked else self.direction_rngs[0]
@@ -93,17 +102,17 @@ class ProbeSchedule:
                     self._record_theorems(step, x_second, y, rows)
         if self._activations_due(step):
             self._record_activations(step, x, rows)
-        if step % p.every != 0:
-            return
-        if p.ics.enabled:
-            self.theta_t = {n: t.detach().clone() for n, t in self.model.named_parameters()}
-        if p.landscape.enabled:
+        if self._landscape_due(step):
             out = probes.landscape_tensors(self.model, self.loss_fn, x, y, self.lr, self.multipliers,
                                            p.landscape.direction, self._direction_generator())
             for mult, loss, diff in zip(self.multipliers, out["loss"], out["grad_diff"], strict=True):
                 self._add(rows, step, f"landscape_loss@{mult:g}", 0, loss)
                 self._add(rows, step, f"grad_diff@{mult:g}", 0, diff)
             self._add(rows, step, "beta", 0, out["beta"])
+        if step % p.every != 0:
+            return
+        if p.ics.enabled:
+            self.theta_t = {n: t.detach().clone() for n, t in self.model.named_parameters()}
         if p.bn_sigma.enabled and self.bn_numbers:
             for name, sigma in probes.bn_input_sigma(self.model, x).items():
                 layer = self.bn_numbers[name]
@@ -119,7 +128,8 @@ class ProbeSchedule:
     def _record_hessian(self, step: int, x, y, rows: list[MetricRows]) -> None:
         """The Hessian's top eigenvalues (and trace) at theta_t on the step's batch, in each mode."""
         h = self.hessian
-        for mode in h.modes:
+        # a model without mode-dependent layers has one Hessian in both modes: measured once, in train mode
+        for mode in h.modes if self.modes_differ else [m for m in h.modes if m == "train"] or h.modes[:1]:
             out = probes.hessian_eigenvalues(self.model, self.loss_fn, x, y, h.k, mode, h.iterations, h.tolerance,
                                              seed=self.hessian_seed + step)
             for rank, value in enumerate(out["eigenvalues"], start=1):
@@ -203,7 +213,9 @@ def second_order_layout(model: nn.Module, x: torch.Tensor):
 def theorem_rows(r: dict, tolerance: float) -> dict[str, float]:
     """One layer's measurement (bnlab.probes.batchnorm_theorems) as metrics over its units: the share of units
     where each inequality holds (a side within `tolerance` x the first term still counts), the gaps
-    (right - left side) / first term (0: tight; below 0: violated), and each reduction term / the first.
+    (right - left side) / first term (0: tight; below 0: violated), and each reduction term / the first. For
+    Theorem 4.2 also the exact identity with eps included (its gap is rounding: within `tolerance` both ways),
+    how far eps moves the printed bound, and the share of the printed bound's failures that eps explains.
     Units whose gradient vanishes (first term 0: both sides 0) count as holding, with gap 0. Medians are
     torch's: the lower middle value of an even count."""
     def ratio(a, b):
@@ -213,6 +225,9 @@ def theorem_rows(r: dict, tolerance: float) -> dict[str, float]:
     gap41, printed41 = ratio(r["rhs41"] - r["lhs41"], first41), ratio(r["rhs41_printed"] - r["lhs41"], first41)
     size42 = r["hessian_term"].abs() + r["reduction42"].abs()
     gap42 = ratio(r["rhs42"] - r["lhs42"], size42)
+    exact42 = ratio(r["rhs42_exact"] - r["lhs42"], size42)  # an equality: what is left is rounding
+    eps42 = ratio(r["rhs42"] - r["rhs42_exact"], size42)  # what eps moves the printed bound by
+    failing = gap42 < -tolerance
     return {
         "thm41_holds": float((gap41 >= -tolerance).double().mean()),
         "thm41_printed_holds": float((printed41 >= -tolerance).double().mean()),
@@ -224,20 +239,36 @@ def theorem_rows(r: dict, tolerance: float) -> dict[str, float]:
         "thm_corr_positive": float((r["corr"] > 0).double().mean()),
         "thm42_holds": float((gap42 >= -tolerance).double().mean()),
         "thm42_gap_median": float(gap42.median()), "thm42_gap_min": float(gap42.min()),
+        "thm42_exact_holds": float((exact42.abs() <= tolerance).double().mean()),
+        "thm42_exact_gap_max": float(exact42.abs().max()),
+        "thm42_eps_min": float(eps42.min()),
+        # of the units where the printed bound fails, the share whose exact identity holds: failures eps explains
+        "thm42_explained": float((exact42[failing].abs() <= tolerance).double().mean()) if failing.any() else 1.0,
         "thm42_reduction_share": float(ratio(r["reduction42"], r["hessian_term"].abs()).median()),
         "thm42_hessian_nonneg": float((r["hessian_term"] >= 0).double().mean()),
     }
 
 
-def step_kind(p, enabled: bool, step: int) -> str:
-    """What the probes do at `step` of a run (p: its probes config; enabled: probes_enabled of it):
-    "probe" (every enabled probe; step 0 and every `p.every` steps), "after" (the activation probe alone,
-    the step after a probe step, when `consecutive` is set) or "plain" (nothing)."""
+def step_kind(p, enabled: bool, step: int, steps: int) -> str:
+    """What the probes do at `step` of a run of `steps` steps (p: its probes config; enabled: probes_enabled of
+    it): "probe" (every enabled probe; step 0 and every `p.every` steps), "early" (the landscape probe alone, at
+    its denser interval in the early window), "after" (the activation probe alone, the step after a probe step,
+    when `consecutive` is set) or "plain" (nothing)."""
     if not enabled:
         return "plain"
     if step % p.every == 0:
         return "probe"
+    if p.landscape.enabled and in_early_grid(p, step, steps):
+        return "early"
     if p.activations.enabled and p.activations.consecutive and step % p.every == 1:
         return "after"
     return "plain"
 
+
+def early_window_end(p, steps: int) -> int:
+    """The first step after the landscape's early window."""
+    return math.ceil(p.landscape.early.until * steps)
+
+
+def in_early_grid(p, step: int, steps: int) -> bool:
+    return step < early_window_end(p, steps) and step % p.landscape.early.every == 0

@@ -22,16 +22,37 @@ NORM_STYLE = {  # label, colour: the paper's colours where it has them
 EVERY_NORM = ("none", "batch", "l1", "l2", "linf")  # the l_p figures' normalizations
 
 
-def accuracy_panel(ax, runs: list[Run], norms, split: str = "train", ls: str = "-", label_suffix: str = ""):
-    """Training accuracy (smoothed batch accuracy, every step) or test accuracy (evaluation mode, at intervals)."""
+def seeds_in(runs: list[Run]) -> int:
+    return len({r.cfg.seed for r in runs})
+
+
+def bands_caption(runs: list[Run], log: bool = False) -> str:
+    """What a mean_band figure's lines and shading are, for its caption."""
+    n = seeds_in(runs)
+    if n == 1:
+        return f"One seed (seed {runs[0].cfg.seed})."
+    return (f"Lines: the mean over {n} seeds{' (geometric on logarithmic axes)' if log else ''}; shaded: min-max "
+            f"over the {n} seeds.")
+
+
+def caption(fig, text: str) -> None:
+    """A line of text under the figure (saved with bbox_inches='tight', it is never cut off)."""
+    fig.text(0.5, -0.005, text, ha="center", va="top", fontsize=9, wrap=True)
+
+
+def accuracy_panel(ax, runs: list[Run], norms, split: str = "train", ls: str = "-", label_suffix: str = "",
+                   colors: dict | None = None, styles: dict | None = None):
+    """Training accuracy (smoothed batch accuracy, every step) or test accuracy (evaluation mode, at intervals);
+    each norm in its NORM_STYLE colour (or `colors[norm]`) and line style `ls` (or `styles[norm]`)."""
     for norm in norms:
         label, color = NORM_STYLE[norm]
+        color, style = (colors or {}).get(norm, color), (styles or {}).get(norm, ls)
         chosen = select(runs, norm=norm)
         if split == "train":
             series = [smoothed(r.series("accuracy"), r.cfg.train.steps) for r in chosen]
         else:
             series = [r.series(f"eval_{split}_accuracy") for r in chosen]
-        mean_band(ax, series, label + label_suffix, color, ls=ls)
+        mean_band(ax, series, label + label_suffix, color, ls=style)
     ax.set_ylabel(f"{split.capitalize()} accuracy (%)"), steps_axis(ax, runs[0].cfg.train.steps)
 
 
