@@ -433,7 +433,8 @@ def _seeds_stacked(norm, device, width, repeats, steps, x, y) -> dict:
     def with_vmap():
         for _ in range(steps):
             grads, _ = step_grads(params, buffers, x, y)
-            torch._foreach_add_(list(params.values()), list(grads.values()), alpha=-0.01)
+            with torch.no_grad():
+                torch._foreach_add_(list(params.values()), list(grads.values()), alpha=-0.01)
 
     timed_ = {label: side_by_side(fn, one_after_another, device, repeats)
               for label, fn in (("grouped_convolutions", with_grouped_convolutions), ("torch_func_vmap", with_vmap))}

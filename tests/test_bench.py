@@ -94,3 +94,20 @@ def test_the_curvature_reference_finds_the_top_eigenvalue_the_probe_finds():
     value, products = bench.reference_top_eigenvalue(model, x, y, 1e-6, 500)
     assert value == pytest.approx(ours["eigenvalues"][0], rel=1e-3)
     assert products > 1 and ours["converged"]
+
+
+@pytest.mark.parametrize("norm", ["none", "batch"])
+def test_the_grouped_vgg_of_the_seed_stacking_bench_is_its_seeds_models(norm):
+    """vgg16_seeds_stacked times one grouped network against the separate seeds: it must compute exactly their
+    outputs (float64), each seed's batch through its own model."""
+    from bnlab.models.vgg import VGG
+
+    models = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        models.append(VGG("vgg16", 0.0625, norm).double())
+    grouped = bench.GroupedVGG(models).double()
+    x = torch.randn(3, 4, 3, 32, 32, dtype=torch.float64)
+    together = grouped(x.permute(1, 0, 2, 3, 4).reshape(4, 9, 32, 32))
+    for s, model in enumerate(models):
+        torch.testing.assert_close(together[:, s], model(x[s]), rtol=1e-10, atol=1e-12)
