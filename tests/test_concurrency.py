@@ -147,12 +147,14 @@ def test_killing_bnlab_figure_stops_its_worker_processes_at_a_checkpoint(tmp_pat
                                "--seeds", "1", "--train", "--jobs", "2", "--out", str(tmp_path / "out"),
                                "train.steps=1000000", "logger=none"],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while len(list((tmp_path / "runs").rglob(checkpoint.CURRENT))) < 2 and time.time() < deadline:
-        time.sleep(0.1)
-    assert len(list((tmp_path / "runs").rglob(checkpoint.CURRENT))) == 2
-    parent.kill()
-    parent.wait()
+    try:
+        deadline = time.time() + 120
+        while len(list((tmp_path / "runs").rglob(checkpoint.CURRENT))) < 2 and time.time() < deadline:
+            time.sleep(0.1)
+        assert len(list((tmp_path / "runs").rglob(checkpoint.CURRENT))) == 2
+    finally:  # killed whatever happened above: its workers must not train on after a failure
+        parent.kill()
+        parent.wait()
     deadline = time.time() + 60
     statuses = []
     while time.time() < deadline:
