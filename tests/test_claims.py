@@ -204,3 +204,19 @@ def test_the_landscape_rule_is_undecided_when_one_seed_turns_around():
     result, outcomes = judge(q, decide, [0, 1, 2])
     assert outcomes["seeds"] == {0: HOLDS, 1: HOLDS, 2: FAILS} and outcomes["mean"] == HOLDS
     assert result == UNDECIDED
+
+
+def test_results_from_before_three_valued_verdicts_are_dropped_not_merged(tmp_path):
+    import json
+
+    from experiments.lib.report import write_results
+
+    old = {"figure1": {"seeds": 1, "notes": "", "claims": [{"claim": "x", "holds": True, "measured": "1"}]},
+           "figure2": {"seeds": 1, "notes": "", "claims": []}}
+    (tmp_path / "claims.json").write_text(json.dumps(old))
+    claim = judged("a", "q", "r", "band", "p", "m", {"v": Quantity([1.0])}, lambda v: HOLDS, [0])
+    write_results(tmp_path, "figure3", [claim], "notes", 1, "smoke", order=["figure1", "figure2", "figure3"])
+    data = json.loads((tmp_path / "claims.json").read_text())
+    assert list(data) == ["figure2", "figure3"]  # figure1's old-form entry is gone; figure2 had no claims
+    readme = (tmp_path / "README.md").read_text()
+    assert "## figure3" in readme and "| a | q | r | band | p | m | holds; mean: holds | holds |" in readme

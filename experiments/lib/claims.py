@@ -121,6 +121,8 @@ class Quantity:
     def interval(self) -> tuple[float, float]:
         """min-max over seeds (fewer than BOOTSTRAP_FROM), else the 90% bootstrap interval of the mean."""
         v = np.asarray(self.per_seed)
+        if np.isnan(v).all():  # never measured (a level never reached, say)
+            return math.nan, math.nan
         if len(v) < BOOTSTRAP_FROM:
             return float(np.nanmin(v)), float(np.nanmax(v))
         rng = np.random.default_rng(0)  # fixed: the same runs always print the same interval

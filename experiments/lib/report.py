@@ -18,6 +18,9 @@ def write_results(out_dir: Path, figure: str, claims: list[Claim], notes: str, s
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "claims.json"
     data = json.loads(path.read_text()) if path.exists() else {}
+    # entries written before verdicts had three values (a `holds` flag per claim) are dropped: they are
+    # redrawn in the current form when their figure is
+    data = {name: entry for name, entry in data.items() if all("verdict" in c for c in entry.get("claims", []))}
     data[figure] = {"seeds": seeds, "spread": spread_label(seeds), "notes": notes, "datasets": list(datasets),
                     "claims": [asdict(c) for c in claims], "reports": [asdict(r) for r in reports]}
     data = dict(sorted(data.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
