@@ -79,7 +79,8 @@ def claims(runs):
                f"standard's at each of 5%, 10% and 20% of the run (a diverged run counts as chance, 10%); steps to "
                f"reach {REACH:g}% reported", band,
                "Fig 1a: at 1k steps about 80% BN, 60-70% standard by 1-2k",
-               f"{at}; steps to {REACH:g}% (reported): standard {reach['none'].text()}, BN {reach['batch'].text()}",
+               f"{at}; steps to {REACH:g}% (reported): standard {reach['none'].text(missing='not reached')}, BN "
+               f"{reach['batch'].text(missing='not reached')}",
                speed, lambda v: all_of(*(compare(v[f"batch@{k}"], ">", v[f"none@{k}"], ACCURACY_BAND)
                                          for k in early["none"])), seeds),
         judged(f"VGG at lr {high:g}: the standard network fails while BN trains",

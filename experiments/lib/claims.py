@@ -130,8 +130,10 @@ class Quantity:
         means = _mean(resampled, self.geometric, axis=1)
         return float(np.nanquantile(means, 0.05)), float(np.nanquantile(means, 0.95))
 
-    def text(self, digits: int = 3, unit: str = "") -> str:
-        """'mean [low, high]' (one seed: its value)."""
+    def text(self, digits: int = 3, unit: str = "", missing: str = "n/a") -> str:
+        """'mean [low, high]' (one seed: its value; `missing` when no seed has a value)."""
+        if np.isnan(self.per_seed).all():
+            return missing
         if len(self.per_seed) == 1:
             return f"{_fmt(self.mean, digits)}{unit}"
         low, high = self.interval
