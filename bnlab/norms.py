@@ -224,12 +224,15 @@ class LpNorm(_AffineNorm):
         return _per_unit(v, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._finish(self._normalize(x))  # the noise, if any, on the output in x's own shape and layout
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
                 and not x.is_contiguous():
             # channels-last: the same values seen as (positions, channels), each unit a contiguous column, where
             # per-unit broadcasts are fast (as (N, C, H, W) with (1, C, 1, 1) operands, 2-3x slower on a CPU)
             n, c, h, w = x.shape
-            return self.forward(x.permute(0, 2, 3, 1).reshape(-1, c)).view(n, h, w, c).permute(0, 3, 1, 2)
+            return self._normalize(x.permute(0, 2, 3, 1).reshape(-1, c)).view(n, h, w, c).permute(0, 3, 1, 2)
         dims = self._statistics_dims(x)
         if self.training:
             y, mean, norm = _LpNormalize.apply(x, self.weight, self.bias, self.p, self.center_before_norm,
@@ -237,10 +240,10 @@ class LpNorm(_AffineNorm):
             with torch.no_grad():
                 self.running_mean.lerp_(mean.detach().view_as(self.running_mean), self.momentum)
                 self.running_norm.lerp_(norm.detach().view_as(self.running_norm), self.momentum)
-            return self._finish(y)
+            return y
         scale = self.weight / (self.running_norm + self.eps)
-        return self._finish(torch.addcmul(self._expand(self.bias, x), x - self._expand(self.running_mean, x),
-                                          self._expand(scale, x)))
+        return torch.addcmul(self._expand(self.bias, x), x - self._expand(self.running_mean, x),
+                             self._expand(scale, x))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, p={self.p}, center_before_norm={self.center_before_norm}"

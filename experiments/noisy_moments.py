@@ -102,8 +102,9 @@ def claims(runs):
     return [judged("VGG: noisy BN's activation moments change far more between successive steps than standard's",
                    "Sec 2.1: 'the \"noisy\" BatchNorm network has qualitatively less stable distributions than even "
                    "the standard, non-BatchNorm network, yet it still performs better in terms of training' (Fig 8)",
-                   f"the median over probe steps, sampled units and layers #2, #9, #13 of |mu(t+1) - mu(t)| and of "
-                   f"|s2(t+1) - s2(t)| is more than {FAR_MORE:g}x standard's for noisy BN (geometric mean over seeds)",
+                   f"the median over probe steps and layers #2, #9, #13 of |mu(t+1) - mu(t)| and of |s2(t+1) - s2(t)| "
+                   f"(each averaged over the layer's sampled units) is more than {FAR_MORE:g}x standard's for noisy BN "
+                   "(geometric mean over seeds)",
                    f"a ratio ties with {FAR_MORE:g} {RATIO_BAND.describe()}",
                    "Fig 8: noisy BN's mean and variance jump far more than standard's and BN's", text, q,
                    lambda v: all_of(*(compare(v[f"noisy_batch:{k}"], ">", FAR_MORE * v[f"none:{k}"], RATIO_BAND)

@@ -130,10 +130,20 @@ def test_five_seeds_get_a_bootstrap_interval_of_the_mean_as_a_naive_loop_compute
             means.append(math.exp(sum(math.log(v) for v in sample) / len(sample)) if geometric
                          else sum(sample) / len(sample))
         low, high = q.interval
-        assert low == pytest.approx(float(np.quantile(means, 0.05))) and high == pytest.approx(
-            float(np.quantile(means, 0.95)))
+        assert low == pytest.approx(float(np.quantile(means, 0.05, method="inverted_cdf"))) and high == pytest.approx(
+            float(np.quantile(means, 0.95, method="inverted_cdf")))
         assert min(values) < low < q.mean < high < max(values)
     assert Quantity([3.0] * 5).interval == (3.0, 3.0)
+    diverged = Quantity([1.0, 2.0, math.inf, 3.0, 4.0, 5.0], geometric=True)  # a diverged run's loss
+    assert math.isinf(diverged.mean) and not math.isnan(diverged.interval[1])
+
+
+def test_a_seed_without_a_value_leaves_the_mean_to_the_others_and_dissents():
+    q = Quantity([1.0, math.nan, 3.0])
+    assert q.mean == 2.0 and q.text() == "2 [1, 3]"
+    _, outcomes = judge({"x": q}, lambda v: compare(v["x"], ">", 0.5, Band(1.1)), [0, 1, 2])
+    assert outcomes == {"mean": HOLDS, "seeds": {0: HOLDS, 1: TIE, 2: HOLDS}}
+    assert verdict([HOLDS, TIE, HOLDS, HOLDS, HOLDS], HOLDS) == HOLDS  # with 5 seeds one may have none
 
 
 # ---------------------------------------------------------------------------------------------- the landscape rule

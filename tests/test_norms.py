@@ -210,3 +210,14 @@ def test_lp_norm_linf_shares_the_gradient_between_tied_maxima_as_autograd_does(c
     plain = lp_normalize(x2, layer.weight, layer.bias, math.inf, center, layer.eps, [0])[0]
     (expected,) = torch.autograd.grad((plain * target).sum(), x2)
     torch.testing.assert_close(ours, expected, rtol=1e-12, atol=1e-14)
+
+
+def test_an_lp_layer_with_noise_draws_the_same_noise_in_either_layout():
+    layer = make_norm("l2", 5, noise=dict(n_mu=0.5, n_sigma=1.25, r_mu=0.1, r_sigma=0.1))
+    x = torch.randn(6, 5, 4, 4)
+    state = torch.random.get_rng_state()
+    contiguous = layer(x)
+    torch.random.set_rng_state(state)
+    channels_last = layer(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(channels_last, contiguous, rtol=1e-5, atol=1e-6)
+    assert channels_last.is_contiguous(memory_format=torch.channels_last)

@@ -16,6 +16,7 @@ seeds, a 90% bootstrap interval of the mean for 5 or more.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -128,7 +129,9 @@ class Quantity:
         rng = np.random.default_rng(0)  # fixed: the same runs always print the same interval
         resampled = v[rng.integers(0, len(v), size=(BOOTSTRAP_SAMPLES, len(v)))]
         means = _mean(resampled, self.geometric, axis=1)
-        return float(np.nanquantile(means, 0.05)), float(np.nanquantile(means, 0.95))
+        # the inverted CDF: no interpolation between resampled means (an infinite one would make it nan)
+        return (float(np.nanquantile(means, 0.05, method="inverted_cdf")),
+                float(np.nanquantile(means, 0.95, method="inverted_cdf")))
 
     def text(self, digits: int = 3, unit: str = "", missing: str = "n/a") -> str:
         """'mean [low, high]' (one seed: its value; `missing` when no seed has a value)."""
@@ -146,10 +149,12 @@ class Quantity:
 
 
 def _mean(v: np.ndarray, geometric: bool, axis=None):
-    if geometric:
-        with np.errstate(divide="ignore"):
-            return np.exp(np.mean(np.log(np.maximum(v, 1e-300)), axis=axis))
-    return np.mean(v, axis=axis)
+    """The mean of the seeds that have a value (a seed without one judges as a tie, so it dissents)."""
+    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # every value missing: nan, said by the caller
+        if geometric:
+            return np.exp(np.nanmean(np.log(np.maximum(v, 1e-300)), axis=axis))
+        return np.nanmean(v, axis=axis)
 
 
 def _fmt(x: float, digits: int) -> str:
