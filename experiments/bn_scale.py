@@ -32,7 +32,7 @@ def draw(runs, path):
             for k, layer in enumerate(table.columns):
                 ax.plot(table.index, table[layer], color=cmap(k / max(1, len(table.columns) - 1)), lw=1,
                         label=f"#{layer}")
-            ax.axhline(1, color="k", ls="--", lw=1)
+            ax.axhline(1, color="0.5", ls="--", lw=0.8, zorder=1)  # under the layers' lines, which sit near 1
             ax.set_yscale("log"), ax.set_ylabel(label)
             ax.set_title(f"{model.upper()} + BatchNorm, lr {run.cfg.optim.lr:g} (seed {run.cfg.seed})", fontsize=10)
             steps_axis(ax, run.cfg.train.steps)

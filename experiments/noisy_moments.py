@@ -78,7 +78,7 @@ def draw(runs, path):
             axes[0, j].set_title(name)
             steps_axis(axes[-1, j], steps)
         subfig.suptitle(f"({part})", fontsize=11)
-    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside lower center", ncol=len(NORMS), fontsize=9)
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside upper center", ncol=len(NORMS), fontsize=9)
     fig.suptitle("VGG: moments of an example activation per layer (Fig 8)")
     caption(fig, f"One sampled unit per layer, seed {by_seed(runs)[0].cfg.seed}; the claim below uses every sampled "
                  "unit and every seed.")
