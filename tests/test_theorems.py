@@ -22,6 +22,8 @@ bnlab.probes.batchnorm_theorems against the same independent computation.
 """
 
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -364,3 +366,16 @@ def test_the_theorem_probe_is_validated_and_left_out_of_identity_while_off():
                           ("probes.theorems.enabled=maybe", "probes.theorems.enabled")):
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             validate(compose([*SMALL_DLN, *THEOREMS, override]))
+
+
+def test_float64_script_separates_rounding_from_the_identity(capsys):
+    """scripts/theorem_float64.py (the README's check of the runs' residual): on a 4-layer DLN's starting
+    state the exact identity's gap is float32 rounding, so float64 shrinks it by many orders."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
+    import theorem_float64
+
+    theorem_float64.main(["model=dln", "model.depth=4", "data.num_samples=200"])
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    assert [r[0] for r in rows] == ["blocks.0.norm", "blocks.1.norm", "blocks.2.norm", "largest"]
+    gap32, gap64 = float(rows[-1][1]), float(rows[-1][2])
+    assert 0 < gap32 < 1e-4 and gap64 < 1e-12 and gap64 < gap32 * 1e-6
