@@ -29,6 +29,8 @@ DATA_LOCATION = ("root", "cache_dir", "download", "sha256")
 PROBES = ("ics", "landscape", "activations", "bn_sigma", "hessian", "theorems")
 # probes added after runs were stored: part of a run's identity only when enabled
 ADDED_PROBES = ("hessian", "theorems")
+# model keys added after runs were stored, with the value those runs had: left out of the identity at that value
+ADDED_MODEL_KEYS = {"vgg": {"init_gain": 1.0}}
 
 if not OmegaConf.has_resolver("mul"):
     OmegaConf.register_new_resolver("mul", lambda a, b: float(a) * float(b))
@@ -117,6 +119,7 @@ def _validate_vgg(cfg):
     _check(cfg.model.depth in LAYOUTS, "model.depth", cfg.model.depth, ", ".join(LAYOUTS))
     _positive(cfg, "model.width")
     _check(cfg.model.init in INITS, "model.init", cfg.model.init, ", ".join(INITS))
+    _positive(cfg, "model.init_gain")
     _check(cfg.model.head in HEADS, "model.head", cfg.model.head, ", ".join(HEADS))
     _check(cfg.model.conv_bias in CONV_BIAS, "model.conv_bias", cfg.model.conv_bias, "auto, true, false")
     _check(cfg.data.input_scale in INPUT_SCALES, "data.input_scale", cfg.data.input_scale, ", ".join(INPUT_SCALES))
@@ -217,6 +220,9 @@ def identity(cfg: DictConfig) -> dict:
         if not probes.get(name, {}).get("enabled", False):
             probes.pop(name, None)
     model = container.get("model", {}).get("name")
+    for key, stored in ADDED_MODEL_KEYS.get(model, {}).items():
+        if container["model"].get(key) == stored:
+            container["model"].pop(key)
     scale = container.get("scale", {})
     for other in [k for k, v in scale.items() if isinstance(v, dict) and k != model]:
         scale.pop(other)

@@ -3,13 +3,15 @@ makes the standard VGG16 behave like the paper's (trains from step 0 at lr 0.01 
 BatchNorm training at all three and ahead.
 
     python scripts/calibrate_vgg.py signal            # signal at initialization of every candidate, full width
+    python scripts/calibrate_vgg.py collapse          # the first steps at lr 0.1, layer by layer, full width
     python scripts/calibrate_vgg.py train --jobs 2    # early training curves (runs in the run store; resumable)
     python scripts/calibrate_vgg.py report            # table and curves from the stored runs
     make calibrate-vgg                                # all three
 
     python scripts/calibrate_vgg.py train --width 0.125 --candidates literal,he_normal   # the smoke scale's width
 
-Writes results/calibration/vgg_signal.{json,md}, vgg_training.md, vgg_curves.csv and vgg_curves_width*.png.
+Writes results/calibration/vgg_signal.{json,md}, vgg_collapse.{json,md}, vgg_training.md, vgg_curves.csv and
+vgg_curves_width*.png (runs of other lengths than 300 steps: vgg_training_<N>steps.md and so on).
 The runs are ordinary bnlab runs (scale=paper, VGG16 at full width, all 50,000 images, no probes), so the
 study resumes where it stopped and `make reproduce-*` shares nothing with it unless the configs agree.
 """
@@ -27,8 +29,8 @@ import torch
 # Each candidate departs from the SPEC's literal reading (glorot_uniform weights, inputs standardized per
 # channel, one linear classifier, conv bias only without normalization) in what it names; every key is
 # spelled out, so a candidate stays the same run whatever the defaults are.
-LITERAL = {"model.init": "glorot_uniform", "data.input_scale": "standardize", "model.head": "linear",
-           "model.conv_bias": "auto"}
+LITERAL = {"model.init": "glorot_uniform", "model.init_gain": 1.0, "data.input_scale": "standardize",
+           "model.head": "linear", "model.conv_bias": "auto"}
 CHANGES = {
     "literal": {},
     "glorot_normal": {"model.init": "glorot_normal"},
@@ -39,6 +41,8 @@ CHANGES = {
     "fc_head": {"model.head": "fc"},
     "he_normal_fc_head": {"model.init": "he_normal", "model.head": "fc"},
     "conv_bias": {"model.conv_bias": "true"},
+    # issue 26: a variance between Glorot's and He's (1.6x Glorot's; He's is 2x for equal fans), VGG's head
+    "glorot_x1.6_fc_head": {"model.init_gain": math.sqrt(1.6), "model.head": "fc"},
 }
 CANDIDATES = {name: [f"{k}={v}" for k, v in {**LITERAL, **change}.items()] for name, change in CHANGES.items()}
 # Trained in this order (most informative first); the rest are judged on their signal at initialization.
@@ -48,11 +52,18 @@ NORMS = ("none", "batch")
 OUT = Path("results/calibration")
 
 # Verdict rules, written before the runs (SPEC section 8; Figs 1a and 3a). Windows are of training steps;
-# a window's accuracy is the mean training-batch accuracy over it.
-TRAINS_BY = (100, 200)          # "trains from step 0": mean accuracy over steps 100-200 ...
-TRAINS_ABOVE = 20.0             # ... at least twice chance (the paper: 20-40% within 500 steps at lr 0.1)
+# a window's accuracy is the mean training-batch accuracy over it. "Trains": the mean over the `trains_by`
+# window is at least TRAINS_ABOVE and the loss stayed finite.
+TRAINS_ABOVE = 20.0             # at least twice chance (the paper: 20-40% within 500 steps at lr 0.1)
 FAILS_BELOW = 15.0              # "fails": every window's mean accuracy at most 15%, or a non-finite loss
-WINDOWS = ((0, 50), (50, 100), (100, 200), (200, 300))
+RULES = {  # by run length
+    # the first study: "trains from step 0" read as 20% over steps 100-200
+    300: {"windows": ((0, 50), (50, 100), (100, 200), (200, 300)), "trains_by": (100, 200)},
+    # issue 26, written before its runs: "the standard network trains at 0.01 and 0.1 (at least 20% by step
+    # 500 at 0.1); it fails at 0.5 ...; BatchNorm trains at all three rates and is ahead": 20% over steps
+    # 400-500, and BatchNorm's accuracy at least the standard network's in every window after the first
+    500: {"windows": ((0, 100), (100, 200), (200, 300), (300, 400), (400, 500)), "trains_by": (400, 500)},
+}
 
 
 def base_overrides(steps: int, width: float = 1.0) -> list[str]:
@@ -129,6 +140,92 @@ def cmd_signal(args) -> None:
     print(f"wrote {OUT / 'vgg_signal.md'}")
 
 
+# The first steps of the standard network, layer by layer (issue 26: at lr 0.1 the default's loss jumps from
+# 2.7 to 10.3 at step 1 and it never trains). Each case is (name, candidate overrides, lr).
+COLLAPSE_CASES = (
+    ("default, lr 0.1", [], 0.1),
+    ("default, lr 0.01", [], 0.01),
+    ("linear head, lr 0.1", ["model.head=linear"], 0.1),
+    ("glorot_uniform x 1.6 var, lr 0.1", ["model.init=glorot_uniform", f"model.init_gain={math.sqrt(1.6)}"], 0.1),
+    ("glorot_uniform (SPEC), lr 0.1", ["model.init=glorot_uniform"], 0.1),
+)
+
+
+def first_steps(cfg, data, steps: int) -> list[dict]:
+    """Per step (before its update): loss, accuracy, logit std, mean top softmax probability, and per layer
+    the std of the ReLU's input, the share of units (channels) that fire on no position of any image of the
+    batch, and the weight's norm, its gradient's norm and the update's size relative to the weight."""
+    from bnlab.models import build_model
+    from bnlab.probes import numbered_layers
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg).train()
+    modules = model.activation_modules()
+    layers = [m for _, m in numbered_layers(model)]
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr)
+    acts = {}
+    for n, name in modules.items():
+        model.get_submodule(name).register_forward_hook(lambda _m, _i, out, n=n: acts.__setitem__(n, out.detach()))
+    rows = []
+    for step in range(steps + 1):  # the last row: the state the steps leave
+        x, y = data.train_batch(step)
+        logits = model(x)
+        loss = torch.nn.functional.cross_entropy(logits, y)
+        optimizer.zero_grad()
+        loss.backward()
+        last = max(acts)  # the logits: no ReLU after them
+        row = {"step": step, "loss": loss.item(), "accuracy": 100 * (logits.argmax(1) == y).float().mean().item(),
+               "logit_std": logits.detach().std().item(),
+               "top_prob": logits.detach().softmax(1).max(1).values.mean().item(),
+               "act_std": [acts[n].std().item() for n in sorted(acts)],
+               "dead": [((acts[n] > 0).flatten(2).any(2).any(0) if acts[n].dim() == 4 else
+                         (acts[n] > 0).any(0)).logical_not().float().mean().item() for n in sorted(acts) if n != last],
+               "weight_norm": [m.weight.norm().item() for m in layers],
+               "grad_norm": [m.weight.grad.norm().item() for m in layers]}
+        row["update_ratio"] = [cfg.optim.lr * g / w for g, w in zip(row["grad_norm"], row["weight_norm"], strict=True)]
+        rows.append(row)
+        if step < steps:
+            optimizer.step()
+    return rows
+
+
+def cmd_collapse(args) -> None:
+    from bnlab.config import compose
+    from bnlab.data.datasets import build_data
+
+    torch.set_num_threads(args.threads)
+    results, data = {}, None
+    for name, overrides, lr in COLLAPSE_CASES:
+        cfg = compose([*base_overrides(args.steps, args.width), "norm=none", f"optim.lr={lr}", *overrides])
+        data = data or build_data(cfg, torch.device("cpu"), torch.float32)
+        results[name] = first_steps(cfg, data, args.steps)
+        print(name, " ".join(f"{r['loss']:.3g}" for r in results[name]), flush=True)
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "vgg_collapse.json").write_text(json.dumps(results, indent=1))
+    (OUT / "vgg_collapse.md").write_text(collapse_report(results, args.width))
+    print(f"wrote {OUT / 'vgg_collapse.md'}")
+
+
+def collapse_report(results: dict, width: float) -> str:
+    def layers(values, fmt="{:.2g}"):
+        return " ".join(fmt.format(v) for v in values)
+
+    lines = [f"# The standard VGG16's first steps (width {width:g}, seed 0, the run's own batches)", "",
+             "Per step, before its update: the loss, the batch's accuracy, the logits' std and the mean top softmax "
+             "probability; per layer #1-#16: the std of the ReLU's input (act std; #16: the logits), the share of "
+             "units that fire on no position of any image of the batch (dead; #1-#15), and the update's size "
+             "relative to the weight, lr |grad| / |w|. The last row is the state the steps leave.", ""]
+    for name, rows in results.items():
+        lines += [f"## {name}", "", "| step | loss | acc % | logit std | top prob | act std #1-#16 | dead #1-#15 | "
+                  "lr grad / w #1-#16 |", "|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            lines.append(f"| {r['step']} | {r['loss']:.3g} | {r['accuracy']:.0f} | {r['logit_std']:.3g} | "
+                         f"{r['top_prob']:.2f} | {layers(r['act_std'])} | {layers(r['dead'], '{:.2f}')} | "
+                         f"{layers(r['update_ratio'])} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def cmd_train(args) -> None:
     from bnlab.launch.plan import train_missing
 
@@ -145,8 +242,8 @@ def cmd_train(args) -> None:
         train_missing(cfgs, args.jobs, name=f"calibrate-{name}")
 
 
-def window_means(acc, steps: int) -> list[float]:
-    return [float(acc[(acc.index >= a) & (acc.index < b)].mean()) for a, b in WINDOWS if b <= steps]
+def window_means(acc, windows) -> list[float]:
+    return [float(acc[(acc.index >= a) & (acc.index < b)].mean()) for a, b in windows]
 
 
 def cmd_report(args) -> None:
@@ -158,6 +255,10 @@ def cmd_report(args) -> None:
 
     from bnlab import store
 
+    if args.steps not in RULES:
+        sys.exit(f"calibrate_vgg: no rule for {args.steps}-step runs; the rules are for {', '.join(map(str, RULES))}")
+    windows, trains_by = RULES[args.steps]["windows"], RULES[args.steps]["trains_by"]
+    suffix = "" if args.steps == 300 else f"_{args.steps}steps"  # the first study's files keep their names
     rows, curves = [], []
     for name, width in [(n, w) for w in args.widths for n in CANDIDATES]:
         for cand, norm, lr, cfg in configs([name], args.steps, width):
@@ -169,8 +270,8 @@ def cmd_report(args) -> None:
             acc = m[m.metric == "accuracy"].set_index("step")["value"]
             loss = m[m.metric == "loss"].set_index("step")["value"]
             diverged = summary["status"] == "diverged"
-            means = window_means(acc, args.steps)
-            window = acc[(acc.index >= TRAINS_BY[0]) & (acc.index < TRAINS_BY[1])]
+            means = window_means(acc, windows)
+            window = acc[(acc.index >= trains_by[0]) & (acc.index < trains_by[1])]
             trains = not diverged and window.mean() >= TRAINS_ABOVE
             fails = diverged or max(means) <= FAILS_BELOW
             rows.append({"candidate": cand, "width": width, "norm": norm, "lr": lr, "windows": means,
@@ -182,11 +283,11 @@ def cmd_report(args) -> None:
     if not rows:
         sys.exit("calibrate_vgg: no finished calibration runs in the store; run `calibrate_vgg.py train` first")
     OUT.mkdir(parents=True, exist_ok=True)
-    pd.concat(curves).to_csv(OUT / "vgg_curves.csv", index=False, float_format="%.5g")
+    pd.concat(curves).to_csv(OUT / f"vgg_curves{suffix}.csv", index=False, float_format="%.5g")
     lines = [f"# VGG16 early training, {args.steps} steps, seed 0 (width 1: 64-512 channels; 0.125: the smoke scale's)",
              "",
-             f"Mean training-batch accuracy (%) over steps {', '.join(f'{a}-{b}' for a, b in WINDOWS)}. "
-             f"Trains: mean accuracy over steps {TRAINS_BY[0]}-{TRAINS_BY[1]} >= {TRAINS_ABOVE:g}%. Fails: "
+             f"Mean training-batch accuracy (%) over steps {', '.join(f'{a}-{b}' for a, b in windows)}. "
+             f"Trains: mean accuracy over steps {trains_by[0]}-{trains_by[1]} >= {TRAINS_ABOVE:g}%. Fails: "
              f"non-finite loss, or every window <= {FAILS_BELOW:g}%.", "",
              "| candidate | width | norm | lr | accuracy by window | trains | fails | test acc at end |",
              "|---|---|---|---|---|---|---|---|"]
@@ -213,10 +314,10 @@ def cmd_report(args) -> None:
                     for b, s in zip(mine[("batch", lr)]["windows"][1:], mine[("none", lr)]["windows"][1:], strict=True))
         lines.append(f"- {name}: standard as the paper's: {'yes' if std_ok else 'no'}; BatchNorm trains at all "
                      f"three: {'yes' if bn_ok else 'no'}; BatchNorm ahead: {'yes' if ahead else 'no'}")
-    (OUT / "vgg_training.md").write_text("\n".join(lines) + "\n")
+    (OUT / f"vgg_training{suffix}.md").write_text("\n".join(lines) + "\n")
     every = pd.concat(curves)
     for width in dict.fromkeys(every.width):
-        _plot(every[every.width == width], OUT / f"vgg_curves_width{width:g}.png", plt, width)
+        _plot(every[every.width == width], OUT / f"vgg_curves_width{width:g}{suffix}.png", plt, width)
     print("\n".join(lines))
 
 
@@ -240,8 +341,9 @@ def _plot(curves, path: Path, plt, width: float) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("signal", "train", "report"))
-    parser.add_argument("--steps", type=int, default=300, help="training steps per run (default 300)")
+    parser.add_argument("command", choices=("signal", "collapse", "train", "report"))
+    parser.add_argument("--steps", type=int, default=None,
+                        help="training steps per run (default 300; collapse: 4)")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per run")
     parser.add_argument("--norms", default=",".join(NORMS), help="train: which networks (default none,batch)")
@@ -251,7 +353,8 @@ def main() -> None:
     parser.add_argument("--candidates", default=None, help=f"comma-separated (default: {','.join(TRAINED)})")
     args = parser.parse_args()
     args.widths = [float(w) for w in args.widths.split(",")]
-    {"signal": cmd_signal, "train": cmd_train, "report": cmd_report}[args.command](args)
+    args.steps = args.steps or (4 if args.command == "collapse" else 300)
+    {"signal": cmd_signal, "collapse": cmd_collapse, "train": cmd_train, "report": cmd_report}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -89,6 +89,30 @@ def test_dln_init_gain_scales_glorot_and_is_validated():
     assert err.value.key == "model.init_gain"
 
 
+@pytest.mark.parametrize("init", INITS)
+def test_vgg_init_gain_scales_the_variance_by_its_square(init):
+    for gain in (1.0, math.sqrt(1.6)):
+        torch.manual_seed(0)
+        conv = VGG("vgg11", 1.0, init=init, init_gain=gain).features[-2].conv  # 512 -> 512, 3x3
+        want = 2 / (2 * 512 * 9) if init.startswith("glorot") else 2 / (512 * 9)
+        assert conv.weight.var().item() == pytest.approx(gain ** 2 * want, rel=0.01)
+    with pytest.raises(ConfigError) as err:
+        validate(compose(["model=vgg", "model.init_gain=-1"]))
+    assert err.value.key == "model.init_gain"
+
+
+def test_vgg_init_gain_at_1_keeps_the_stored_runs_keys():
+    """init_gain came after VGG runs were stored: at 1 it stays out of the identity (same key, same run);
+    any other value makes another run. The DLN always had it, so there it is always part of the identity."""
+    from bnlab.config import identity, run_key
+
+    plain = compose(["model=vgg", "scale=smoke"])
+    assert "init_gain" not in identity(plain)["model"]
+    assert run_key(compose(["model=vgg", "scale=smoke", "model.init_gain=1.0"])) == run_key(plain)
+    assert run_key(compose(["model=vgg", "scale=smoke", "model.init_gain=1.2"])) != run_key(plain)
+    assert identity(compose(["model=dln"]))["model"]["init_gain"] == 1.0
+
+
 def test_probes_compute_in_strict_fp32_and_restore_the_switches():
     """TF32 rounds at about 1e-3 relative; the ICS l2-differences at lr 0.01 go below that."""
     seen = []
@@ -167,3 +191,51 @@ def test_default_standard_vgg_learns_from_its_first_steps():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.8 * losses[0]  # a network on its initial plateau keeps log(10) = 2.303
+
+
+def test_collapse_diagnosis_measures_what_it_says():
+    """scripts/calibrate_vgg.py collapse: each step's loss is the fresh model's loss after that many SGD steps
+    on the same batches, a dead unit is a channel with no positive input to its ReLU anywhere in the batch
+    (a naive loop over channels), and the update ratio is lr |grad| / |w|."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
+    import calibrate_vgg
+
+    cfg = compose(["model=vgg", "model.width=0.0625", "norm=none", "optim.lr=0.05", "seed=3"])
+    gen = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(16, 3, 32, 32, generator=gen), torch.randint(0, 10, (16,), generator=gen))
+               for _ in range(3)]
+
+    class Batches:
+        def train_batch(self, step):
+            return batches[step]
+
+    rows = calibrate_vgg.first_steps(cfg, Batches(), steps=2)
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    torch.manual_seed(3)
+    model = build_model(cfg).train()
+    for step, row in enumerate(rows):
+        x, y = batches[step]
+        acts = {}
+        hooks = [model.get_submodule(name).register_forward_hook(lambda _m, _i, out, n=n: acts.__setitem__(n, out))
+                 for n, name in model.activation_modules().items()]
+        logits = model(x)
+        for h in hooks:
+            h.remove()
+        loss = nn.functional.cross_entropy(logits, y)
+        assert row["loss"] == pytest.approx(loss.item(), rel=1e-5)
+        for i, n in enumerate(sorted(acts)[:-1]):
+            a = acts[n]
+            units = a.shape[1]
+            dead = sum(1 for c in range(units) if not (a[:, c] > 0).any()) / units
+            assert row["dead"][i] == pytest.approx(dead)
+        model.zero_grad()
+        loss.backward()
+        layers = [m for _, m in probes.numbered_layers(model)]
+        for ratio, m in zip(row["update_ratio"], layers, strict=True):
+            assert ratio == pytest.approx(0.05 * m.weight.grad.norm().item() / m.weight.norm().item(), rel=1e-4)
+        with torch.no_grad():
+            for p in model.parameters():
+                p -= 0.05 * p.grad

@@ -22,7 +22,7 @@ def build_model(cfg) -> nn.Module:
         return DeepLinearNet(m.width, m.depth, cfg.norm.kind, init_gain=m.init_gain, **norm_kwargs(cfg.norm))
     if m.name == "vgg":
         return VGG(m.depth, m.width, cfg.norm.kind, m.num_classes, init=m.init, head=m.head, conv_bias=m.conv_bias,
-                   **norm_kwargs(cfg.norm))
+                   init_gain=m.init_gain, **norm_kwargs(cfg.norm))
     raise ValueError(f"model.name: unknown model {m.name!r}; allowed: {', '.join(MODELS)}")
 
 

@@ -4,6 +4,7 @@ reading) or VGG's own fully connected head, 512-512-10."""
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from bnlab.norms import make_norm
@@ -20,10 +21,12 @@ INITS = ("glorot_uniform", "glorot_normal", "he_normal", "he_uniform")
 CONV_BIAS = ("auto", True, False)
 
 
-def init_weight(weight, scheme: str) -> None:
+def init_weight(weight, scheme: str, gain: float = 1.0) -> None:
     """Glorot (Xavier) keeps the variance of forward and backward signals equal through a *linear* layer:
     Var(W) = 2 / (fan_in + fan_out). He keeps it through a layer followed by a ReLU, which halves it:
-    Var(W) = 2 / fan_in. Through VGG16's 13 ReLU convs Glorot loses a factor of about 2 of variance per layer."""
+    Var(W) = 2 / fan_in. Through VGG16's 13 ReLU convs Glorot loses a factor of about 2 of variance per layer.
+    `gain` multiplies the weights (their standard deviation), so gain^2 scales the variance: with equal fans
+    He's variance is Glorot's times 2, and glorot_* with gain sqrt(1.6) lies between the two."""
     if scheme == "glorot_uniform":
         nn.init.xavier_uniform_(weight)
     elif scheme == "glorot_normal":
@@ -34,6 +37,9 @@ def init_weight(weight, scheme: str) -> None:
         nn.init.kaiming_uniform_(weight, mode="fan_in", nonlinearity="relu")
     else:
         raise ValueError(f"model.init: unknown initialization {scheme!r}; allowed: {', '.join(INITS)}")
+    if gain != 1.0:
+        with torch.no_grad():
+            weight.mul_(gain)
 
 
 class ConvBlock(nn.Module):
@@ -69,12 +75,14 @@ class VGG(nn.Module):
     `head`: "linear" (one Linear to the classes) or "fc" (two hidden layers as wide as the last conv,
     each normalized like the convs, then the output layer). `conv_bias`: "auto" gives a layer a bias only
     without normalization (a norm's shift replaces it); true or false force it. `init` is the weight
-    initialization of every conv and linear layer (INITS); biases start at zero. Modules are registered in
-    forward order, so named_parameters() is in forward order, which the probes rely on.
+    initialization of every conv and linear layer (INITS), its weights times `init_gain`; biases start at
+    zero. Modules are registered in forward order, so named_parameters() is in forward order, which the
+    probes rely on.
     """
 
     def __init__(self, depth: str = "vgg16", width: float = 1.0, norm_kind: str = "none", num_classes: int = 10,
-                 init: str = "he_normal", head: str = "fc", conv_bias="auto", **norm_kwargs):
+                 init: str = "he_normal", head: str = "fc", conv_bias="auto", init_gain: float = 1.0,
+                 **norm_kwargs):
         super().__init__()
         if depth not in LAYOUTS:
             raise ValueError(f"model.depth: unknown VGG {depth!r}; allowed: {', '.join(LAYOUTS)}")
@@ -97,7 +105,7 @@ class VGG(nn.Module):
             nn.Linear(channels, num_classes)
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
-                init_weight(m.weight, init)
+                init_weight(m.weight, init, init_gain)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
