@@ -216,9 +216,10 @@ def test_collapse_diagnosis_measures_what_it_says():
     assert [r["step"] for r in rows] == [0, 1, 2]
     torch.manual_seed(3)
     model = build_model(cfg).train()
+    acts = {}
     for step, row in enumerate(rows):
         x, y = batches[step]
-        acts = {}
+        acts.clear()
         hooks = [model.get_submodule(name).register_forward_hook(lambda _m, _i, out, n=n: acts.__setitem__(n, out))
                  for n, name in model.activation_modules().items()]
         logits = model(x)
