@@ -43,6 +43,9 @@ CHANGES = {
     "conv_bias": {"model.conv_bias": "true"},
     # issue 26: a variance between Glorot's and He's (1.6x Glorot's; He's is 2x for equal fans), VGG's head
     "glorot_x1.6_fc_head": {"model.init_gain": math.sqrt(1.6), "model.head": "fc"},
+    # after `collapse` (vgg_collapse.md): He's scale overshoots at step 1, Glorot's leaves little signal; He's
+    # shape (fan-in only) at 0.8 of its variance keeps the early layers' signal and shrinks the first steps
+    "he_x0.8_fc_head": {"model.init": "he_normal", "model.init_gain": math.sqrt(0.8), "model.head": "fc"},
 }
 CANDIDATES = {name: [f"{k}={v}" for k, v in {**LITERAL, **change}.items()] for name, change in CHANGES.items()}
 # Trained in this order (most informative first); the rest are judged on their signal at initialization.
