@@ -48,11 +48,16 @@ lint: setup  ## ruff over the code
 bench: setup  ## benchmarks, side by side with reference implementations, into results/bench/
 	$(BIN)/python scripts/bench.py
 
-# VGG16 at full width on this machine's device (hours on a CPU; the runs resume where they stopped)
+# VGG16 at full width on this machine's device (hours on a CPU; the runs resume where they stopped); the
+# 500-step screen of the candidates between He and Glorot (README, Calibrating the baselines)
+VGG_SCREEN ?= glorot_x1.6_fc_head,he_x0.8_fc_head
 calibrate-vgg: setup  ## the VGG calibration study (full width: hours on a CPU) into results/calibration/
 	$(BIN)/python scripts/calibrate_vgg.py signal
+	$(BIN)/python scripts/calibrate_vgg.py collapse
 	$(BIN)/python scripts/calibrate_vgg.py train --jobs $(JOBS) --threads 1
 	$(BIN)/python scripts/calibrate_vgg.py report
+	$(BIN)/python scripts/calibrate_vgg.py train --steps 500 --candidates $(VGG_SCREEN) --jobs $(JOBS) --threads 1
+	$(BIN)/python scripts/calibrate_vgg.py report --steps 500 --widths 1
 
 calibrate-dln: setup  ## the DLN calibration study into results/calibration/
 	$(BIN)/python scripts/calibrate_dln.py train --jobs $(JOBS)

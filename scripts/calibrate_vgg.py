@@ -345,7 +345,11 @@ def _plot(curves, path: Path, plt, width: float) -> None:
         ax.set_title(f"VGG16 width {width:g}, lr {lr:g}")
         ax.set_xlabel("step")
     axes[0].set_ylabel("training accuracy (%), 20-step mean")
-    axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    labelled = {}  # every line once, from whichever panel has it (a run missing at one rate is drawn at others)
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            labelled.setdefault(label, handle)
+    axes[-1].legend(labelled.values(), labelled.keys(), fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
