@@ -154,7 +154,7 @@ def test_vgg_defaults_follow_the_spec():
     assert (m.start, m.stop, m.num, m.spacing) == (0.5, 4.0, 8, "linear")
     assert compose(["model=vgg", "optim.lr_factor=5"]).optim.lr == pytest.approx(0.5)
     assert compose(["model=vgg", "data=cifar10_jpeg"]).data.source == "jpeg"
-    # calibrated (README, "Calibrating the baselines"); the SPEC's literal reading is one override away
+    # calibrated (docs/calibration.md); the SPEC's literal reading is one override away
     assert (cfg.model.init, cfg.model.head, cfg.model.conv_bias, data.input_scale) == (
         "he_normal", "fc", "auto", "standardize")
     assert build_model(compose(["model=vgg", "model.init=glorot_uniform", "model.width=0.125"])).features[0].conv \
