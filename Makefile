@@ -61,6 +61,7 @@ calibrate-vgg: setup  ## the VGG calibration study (full width: hours on a CPU) 
 
 calibrate-dln: setup  ## the DLN calibration study into results/calibration/
 	$(BIN)/python scripts/calibrate_dln.py train --jobs $(JOBS)
+	$(BIN)/python scripts/calibrate_dln.py train --lp --jobs $(JOBS)
 	$(BIN)/python scripts/calibrate_dln.py report
 
 sync-wandb: setup  ## upload the offline W&B runs of the run store (needs `wandb login`)

@@ -29,8 +29,10 @@ DATA_LOCATION = ("root", "cache_dir", "download", "sha256")
 PROBES = ("ics", "landscape", "activations", "bn_sigma", "hessian", "theorems")
 # probes added after runs were stored: part of a run's identity only when enabled
 ADDED_PROBES = ("hessian", "theorems")
-# model keys added after runs were stored, with the value those runs had: left out of the identity at that value
-ADDED_MODEL_KEYS = {"vgg": {"init_gain": 1.0}}
+# keys added after runs were stored, with the value those runs had: left out of the identity at that value
+ADDED_MODEL_KEYS = {"vgg": {"init_gain": 1.0}, "dln": {"bias": False}}
+ADDED_DATA_KEYS = {"gaussian": {"target_spectrum": "gaussian"}}
+TARGET_SPECTRA = ("gaussian", "orthogonal")
 
 if not OmegaConf.has_resolver("mul"):
     OmegaConf.register_new_resolver("mul", lambda a, b: float(a) * float(b))
@@ -106,6 +108,9 @@ def validate(cfg: DictConfig) -> None:
         _positive(cfg, "model.width", integer=True)
         _positive(cfg, "model.depth", integer=True)
         _positive(cfg, "model.init_gain")
+        _check(isinstance(cfg.model.bias, bool), "model.bias", cfg.model.bias, "true or false")
+        _check(cfg.data.target_spectrum in TARGET_SPECTRA, "data.target_spectrum", cfg.data.target_spectrum,
+               ", ".join(TARGET_SPECTRA))
         _positive(cfg, "data.num_samples", integer=True)
         _positive(cfg, "data.input_std")
         _positive(cfg, "data.target_std")
@@ -220,9 +225,11 @@ def identity(cfg: DictConfig) -> dict:
         if not probes.get(name, {}).get("enabled", False):
             probes.pop(name, None)
     model = container.get("model", {}).get("name")
-    for key, stored in ADDED_MODEL_KEYS.get(model, {}).items():
-        if container["model"].get(key) == stored:
-            container["model"].pop(key)
+    for section, added in (("model", ADDED_MODEL_KEYS.get(model, {})),
+                           ("data", ADDED_DATA_KEYS.get(container.get("data", {}).get("name"), {}))):
+        for key, stored in added.items():
+            if container[section].get(key) == stored:
+                container[section].pop(key)
     scale = container.get("scale", {})
     for other in [k for k, v in scale.items() if isinstance(v, dict) and k != model]:
         scale.pop(other)

@@ -130,6 +130,8 @@ def test_run_key_ignores_runtime_and_lr_spelling():
     ("train.dtype=float16", "train.dtype"),
     ("norm.noise.constants.n_sigma=0.5", "norm.noise.constants.n_sigma"),
     ("data.loss=l1", "data.loss"),
+    ("data.target_spectrum=flat", "data.target_spectrum"),
+    ("model.bias=1", "model.bias"),
     ("runtime.device=tpu", "runtime.device"),
     ("runtime.channels_last=sometimes", "runtime.channels_last"),
     ("runtime.compile=maybe", "runtime.compile"),

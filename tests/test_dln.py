@@ -7,9 +7,10 @@ import torch
 from torch import nn
 
 from bnlab import probes
-from bnlab.config import compose
+from bnlab.config import compose, identity
 from bnlab.data.datasets import GaussianRegression
 from bnlab.models import build_model
+from bnlab.models.dln_stack import StackedDLN
 from bnlab.norms import BatchNorm, LpNorm
 
 
@@ -59,3 +60,43 @@ def test_gaussian_data_and_losses_by_hand():
     assert a.loss(out, y).item() == pytest.approx(total)
     assert data(3, "half_sum").loss(out, y).item() == pytest.approx(total / 2)
     assert data(3, "mean").loss(out, y).item() == pytest.approx(total / 1000)
+
+
+def test_biased_dln_is_an_affine_map_per_layer_and_starts_at_zero_bias():
+    model = build_model(compose(["model.bias=true", "model.depth=4"])).double()
+    assert all(layer.bias.abs().sum() == 0 for _, layer in probes.numbered_layers(model))  # TF Dense's zeros
+    with torch.no_grad():
+        for _, layer in probes.numbered_layers(model):
+            layer.bias.normal_()
+    x = torch.randn(7, 10, dtype=torch.float64)
+    h = x
+    for _, layer in probes.numbered_layers(model):  # a naive loop over samples and units
+        h = torch.stack([torch.stack([sum(layer.weight[i, j] * row[j] for j in range(10)) + layer.bias[i]
+                                      for i in range(10)]) for row in h])
+    torch.testing.assert_close(model(x), h)
+    # stacked with another seed's model, each run computes what it computes alone
+    other = build_model(compose(["model.bias=true", "model.depth=4", "seed=1"])).double()
+    stack = StackedDLN([model, other], "none").double()
+    out = stack(torch.stack([x.T, x.T]).contiguous())
+    torch.testing.assert_close(out[0].T, model(x))
+    torch.testing.assert_close(out[1].T, other(x))
+    assert stack.member_state_dict(0).keys() == model.state_dict().keys()
+
+
+def test_orthogonal_target_has_flat_singular_values_and_the_gaussian_draws_frobenius_scale():
+    def data(spectrum, std=1.0):
+        return GaussianRegression(10, 1000, 3, 1.0, std, "sum", torch.device("cpu"), torch.float64, spectrum)
+
+    gaussian, flat = data("gaussian"), data("orthogonal", std=2.0)
+    assert torch.equal(gaussian.inputs, flat.inputs)  # the same x: only A differs
+    a = torch.linalg.lstsq(flat.inputs, flat.targets).solution.T
+    torch.testing.assert_close(torch.linalg.svdvals(a), torch.full((10,), 2.0 * math.sqrt(10), dtype=torch.float64))
+    spread = torch.linalg.svdvals(torch.linalg.lstsq(gaussian.inputs, gaussian.targets).solution.T)
+    assert spread.max() / spread.min() > 5  # the Gaussian A's singular values are spread out
+
+
+def test_added_dln_keys_stay_out_of_the_identity_at_their_old_values():
+    default = identity(compose())
+    assert "bias" not in default["model"] and "target_spectrum" not in default["data"]  # stored runs keep their keys
+    assert identity(compose(["model.bias=true"]))["model"]["bias"] is True
+    assert identity(compose(["data.target_spectrum=orthogonal"]))["data"]["target_spectrum"] == "orthogonal"

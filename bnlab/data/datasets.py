@@ -12,6 +12,9 @@ from bnlab.data import cifar10
 
 class GaussianRegression:
     """The DLN's task (SPEC section 1): fit A x from x, x ~ N(0, input_std^2 I), A_ij ~ N(0, target_std^2).
+    With `target_spectrum="orthogonal"`, A is instead target_std * sqrt(width) times the orthogonal factor of
+    that Gaussian draw: the same expected Frobenius norm with every singular value equal (a calibration
+    candidate: the Gaussian A's spread of singular values orders the modes a DLN learns one by one).
 
     The data are fixed for the run, drawn from `seed`, and the batch is the whole dataset (full-batch
     gradient descent). The loss is half the squared error summed over samples (TensorFlow's l2_loss; the
@@ -21,10 +24,13 @@ class GaussianRegression:
     classification = False
 
     def __init__(self, width: int, num_samples: int, seed: int, input_std: float, target_std: float,
-                 loss: str, device: torch.device, dtype: torch.dtype):
+                 loss: str, device: torch.device, dtype: torch.dtype, target_spectrum: str = "gaussian"):
         g = torch.Generator().manual_seed(seed)
         x = torch.randn(num_samples, width, generator=g, dtype=torch.float64) * input_std
         a = torch.randn(width, width, generator=g, dtype=torch.float64) * target_std
+        if target_spectrum == "orthogonal":
+            q, r = torch.linalg.qr(a)
+            a = q * torch.sign(torch.diagonal(r)) * target_std * width ** 0.5  # the sign makes Q Haar-distributed
         self.inputs = x.to(device, dtype)
         self.targets = (x @ a.T).to(device, dtype)
         self.reduction = loss
@@ -170,7 +176,7 @@ def build_data(cfg, device: torch.device, dtype: torch.dtype):
     d = cfg.data
     if d.name == "gaussian":
         return GaussianRegression(cfg.model.width, d.num_samples, d.seed, d.input_std, d.target_std, d.loss,
-                                  device, dtype)
+                                  device, dtype, d.target_spectrum)
     if d.name == "cifar10":
         return _cifar10_images(d, device, dtype).sampled(d.batch_size, d.seed, d.augment)
     raise ValueError(f"data.name: unknown dataset {d.name!r}; allowed: gaussian, cifar10")

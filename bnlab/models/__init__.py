@@ -19,7 +19,8 @@ def norm_kwargs(norm_cfg) -> dict:
 def build_model(cfg) -> nn.Module:
     m = cfg.model
     if m.name == "dln":
-        return DeepLinearNet(m.width, m.depth, cfg.norm.kind, init_gain=m.init_gain, **norm_kwargs(cfg.norm))
+        return DeepLinearNet(m.width, m.depth, cfg.norm.kind, init_gain=m.init_gain, bias=m.bias,
+                             **norm_kwargs(cfg.norm))
     if m.name == "vgg":
         return VGG(m.depth, m.width, cfg.norm.kind, m.num_classes, init=m.init, head=m.head, conv_bias=m.conv_bias,
                    init_gain=m.init_gain, **norm_kwargs(cfg.norm))

@@ -1,4 +1,4 @@
-"""The deep linear network (DLN) of the paper's appendix A: k square linear maps, no biases."""
+"""The deep linear network (DLN) of the paper's appendix A: k square linear maps (no biases by default)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ class LinearBlock(nn.Module):
     The slot's output is what the activation probes record: the value after normalization and noise.
     """
 
-    def __init__(self, width: int, norm: nn.Module):
+    def __init__(self, width: int, norm: nn.Module, bias: bool = False):
         super().__init__()
-        self.linear = nn.Linear(width, width, bias=False)
+        self.linear = nn.Linear(width, width, bias=bias)
         self.norm = norm
 
     def forward(self, x):
@@ -23,7 +23,8 @@ class LinearBlock(nn.Module):
 
 
 class DeepLinearNet(nn.Module):
-    """x -> W_k ... W_1 x with square width x width matrices, Glorot-uniform times `init_gain`.
+    """x -> W_k ... W_1 x with square width x width matrices, Glorot-uniform times `init_gain`; with `bias`,
+    each map adds a bias that starts at zero (a TensorFlow Dense layer's default).
 
     Normalization layers (when `norm_kind` is not "none") follow each of the first k - 1 maps; the last
     map is plain. Blocks are registered in forward order, so named_parameters() is in forward order,
@@ -31,18 +32,20 @@ class DeepLinearNet(nn.Module):
     """
 
     def __init__(self, width: int = 10, depth: int = 25, norm_kind: str = "none", init_gain: float = 1.0,
-                 **norm_kwargs):
+                 bias: bool = False, **norm_kwargs):
         super().__init__()
         self.width, self.depth = width, depth
         blocks = []
         for i in range(depth):
             last = i == depth - 1
             norm = nn.Identity() if last else make_norm(norm_kind, width, **norm_kwargs)
-            blocks.append(LinearBlock(width, norm))
+            blocks.append(LinearBlock(width, norm, bias))
         self.blocks = nn.Sequential(*blocks)
         for block in self.blocks:
             # Glorot, as in the paper; init_gain scales it (calibration: the product of 25 maps grows as gain^25)
             nn.init.xavier_uniform_(block.linear.weight, gain=init_gain)
+            if bias:
+                nn.init.zeros_(block.linear.bias)
 
     def forward(self, x):
         return self.blocks(x)

@@ -27,17 +27,20 @@ STACKABLE_NORMS = ("none", "batch", "l1", "l2", "linf")
 
 
 class StackedLinear(nn.Module):
-    """S independent width x width maps without bias: (S, width, N) -> (S, width, N)."""
+    """S independent width x width maps, with or without bias: (S, width, N) -> (S, width, N)."""
 
     counts_as_layer = True  # a conv/linear layer for the probes' numbering (bnlab.probes.numbered_layers)
 
-    def __init__(self, runs: int, width: int):
+    def __init__(self, runs: int, width: int, bias: bool = False):
         super().__init__()
         self.out_features = width
         self.weight = nn.Parameter(torch.empty(runs, width, width))
+        self.bias = nn.Parameter(torch.empty(runs, width)) if bias else None
 
     def forward(self, h):
-        return torch.bmm(self.weight, h)
+        if self.bias is None:
+            return torch.bmm(self.weight, h)
+        return torch.baddbmm(self.bias[..., None], self.weight, h)
 
 
 class StackedBatchNorm(BatchNorm):
@@ -90,12 +93,13 @@ class StackedDLN(nn.Module):
             raise ValueError(f"StackedDLN: normalization {norm_kind!r} cannot be stacked; "
                              f"allowed: {', '.join(STACKABLE_NORMS)}")
         self.runs, self.width, self.depth = len(models), models[0].width, models[0].depth
+        bias = models[0].blocks[0].linear.bias is not None
         blocks = []
         for i in range(self.depth):
             plain = i == self.depth - 1 or norm_kind == "none"
             norm = nn.Identity() if plain else stacked_norm(norm_kind, self.runs, self.width, momentum, eps,
                                                             center_before_norm)
-            blocks.append(StackedBlock(StackedLinear(self.runs, self.width), norm))
+            blocks.append(StackedBlock(StackedLinear(self.runs, self.width, bias), norm))
         self.blocks = nn.Sequential(*blocks)
         for s, model in enumerate(models):
             self.load_member_state_dict(s, model.state_dict())
