@@ -68,7 +68,7 @@ def test_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path, monkeypatch
     assert metrics(resumed).equals(metrics(reference))
 
 
-def test_checkpoints_load_weights_only_and_unreadable_ones_restart_the_run(tmp_path, monkeypatch, caplog):
+def test_checkpoints_load_weights_only_and_damaged_ones_restart_the_run(tmp_path, monkeypatch, caplog):
     directory = interrupted(tmp_path / "runs", monkeypatch, at_step=100)
     real_load = torch.load
 
@@ -82,6 +82,52 @@ def test_checkpoints_load_weights_only_and_unreadable_ones_restart_the_run(tmp_p
         (directory / name).write_bytes(b"garbage")
     assert checkpoint.load(directory, _short_identity()) is None
     assert "starts again from step 0" in caplog.text and not (directory / checkpoint.SEGMENTS).exists()
+
+
+def test_a_checkpoint_a_gpu_wrote_resumes_on_a_machine_without_cuda(tmp_path, monkeypatch, caplog):
+    caplog.set_level("INFO", logger="bnlab")
+    reference = run(compose([*SHORT, f"runtime.runs_dir={tmp_path}/reference"]))
+    directory = interrupted(tmp_path / "runs", monkeypatch, at_step=100)
+    real_tag = torch.serialization.location_tag
+    for name in (checkpoint.CURRENT, checkpoint.PREVIOUS):  # every storage tagged as a save on cuda:0 tags it
+        state = torch.load(directory / name, weights_only=True)
+        monkeypatch.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        torch.save(state, directory / name)
+        monkeypatch.setattr(torch.serialization, "location_tag", real_tag)
+    if not torch.cuda.is_available():  # what the loader met before it mapped to the CPU
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(directory / checkpoint.CURRENT, weights_only=True)
+    resumed = run(compose([*SHORT, f"runtime.runs_dir={tmp_path}/runs"]))
+    assert "resuming" in caplog.text and "damaged" not in caplog.text
+    assert store.read_summary(resumed)["resumed_from_step"] == 80
+    assert metrics(resumed).equals(metrics(reference))
+
+
+def test_a_flipped_bit_is_damage_and_the_previous_checkpoint_takes_over(tmp_path, monkeypatch, caplog):
+    caplog.set_level("INFO", logger="bnlab")
+    directory = interrupted(tmp_path / "runs", monkeypatch, at_step=100)
+    current = directory / checkpoint.CURRENT
+    data = bytearray(current.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside a tensor's record: torch.load alone would read it without a word
+    current.write_bytes(bytes(data))
+    assert "CRC-32" in checkpoint.damaged(current) and checkpoint.damaged(directory / checkpoint.PREVIOUS) is None
+    assert checkpoint.load(directory, _short_identity())[0]["step"] == 40
+    assert "fails its CRC-32 check" in caplog.text
+
+
+def test_an_intact_checkpoint_that_cannot_be_read_here_stops_the_run_and_is_kept(tmp_path, monkeypatch):
+    directory = interrupted(tmp_path / "runs", monkeypatch, at_step=100)
+    before = sorted(p.name for p in directory.rglob("*"))
+
+    def unreadable(*args, **kwargs):
+        raise RuntimeError("no kernel image is available for execution on the device")
+
+    monkeypatch.setattr(torch, "load", unreadable)
+    with pytest.raises(checkpoint.CheckpointError, match="intact but cannot be read here.*Nothing was deleted"):
+        checkpoint.load(directory, _short_identity())
+    with pytest.raises(checkpoint.CheckpointError):
+        run(compose([*SHORT, f"runtime.runs_dir={tmp_path}/runs"]))
+    assert sorted(p.name for p in directory.rglob("*")) == before  # checkpoints and segments all kept
 
 
 def _short_identity():

@@ -7,6 +7,12 @@
 Every file is written to a temporary name and renamed into place. A segment is written before the
 checkpoint that counts it, so a crash between the two leaves a segment no checkpoint refers to, which is
 dropped on resume. The data order needs no state: batch t is a function of (seed, t).
+
+A checkpoint is given up only when it is proven damaged: not a complete zip archive (truncated), or a
+record whose CRC-32 does not match (torch.load itself reads a flipped bit without a word). One that is
+intact but cannot be read here (say, a torch that cannot read it) stops the run and is kept. Tensors load
+onto the CPU whatever device saved them (a GPU checkpoint resumes on a node without CUDA);
+load_state_dict then moves them where the run's own tensors are.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import zipfile
 from pathlib import Path
 
 import pandas as pd
@@ -27,7 +34,8 @@ CURRENT, PREVIOUS, SEGMENTS = "checkpoint.pt", "checkpoint.prev.pt", "segments"
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that must not be resumed from (it belongs to a different config)."""
+    """A checkpoint that must not be resumed from (it belongs to a different config), or an intact one that
+    cannot be read here; either way it is kept."""
 
 
 def save(directory: Path, state: dict, columns: dict[str, list], persisted_rows: int) -> int:
@@ -61,11 +69,17 @@ def load(directory: Path, identity: dict) -> tuple[dict, dict[str, list]] | None
         path = directory / name
         if not path.exists():
             continue
-        try:
-            state = torch.load(path, weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - truncated zip, bad pickle opcode, ...: all mean "damaged"
-            log.warning("checkpoint %s is damaged (%s); falling back to an older one", path, exc)
+        damage = damaged(path)
+        if damage:
+            log.warning("checkpoint %s is damaged (%s); falling back to an older one", path, damage)
             continue
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - intact yet unreadable here: not a reason to lose the run
+            raise CheckpointError(
+                f"{path} is intact but cannot be read here ({type(exc).__name__}: {exc}). Nothing was deleted: "
+                f"resume it with the torch version that wrote it (its summary.json says which), or delete "
+                f"{directory} to start the run afresh.") from exc
         saved, identity = json.loads(state["identity"]), json.loads(json.dumps(identity, sort_keys=True))
         if saved != identity:
             a, b = _flat(saved), _flat(identity)
@@ -82,6 +96,18 @@ def load(directory: Path, identity: dict) -> tuple[dict, dict[str, list]] | None
         log.warning("no usable checkpoint in %s; the run starts again from step 0", directory)
     clear(directory)
     return None
+
+
+def damaged(path: Path) -> str | None:
+    """Why the checkpoint at `path` is proven damaged, or None when it is an intact archive."""
+    if not zipfile.is_zipfile(path):
+        return "truncated, or not a checkpoint archive"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, EOFError, ValueError) as exc:
+        return f"unreadable archive: {exc}"
+    return f"its record {bad} fails its CRC-32 check" if bad else None
 
 
 def _segments_before(directory: Path, step: int) -> dict[str, list] | None:
