@@ -30,6 +30,7 @@ from bnlab.data.cifar10 import DataError
 from bnlab.launch.costs import COST_MODEL, estimated_seconds
 from bnlab.launch.plan import duration, fresh_runs, report_plan, train_missing
 from bnlab.launch.slurm import LaunchError, check_launcher, launchers
+from bnlab.util.devices import DeviceError
 from bnlab.util.files import atomic_write
 from experiments import figure_module, figure_names
 from experiments.lib.plotting import STYLE
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                           launcher_overrides, args.name, args.pack)
         for name in names:
             draw(name, args.scale, seeds, cfgs[name], args.out)  # composed once, above: Hydra takes seconds per figure
-    except (MissingRuns, ConfigError, DataError, LaunchError) as exc:
+    except (MissingRuns, ConfigError, DataError, LaunchError, DeviceError) as exc:
         print(f"bnlab-figure: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # Hydra's composition errors name the bad group or key

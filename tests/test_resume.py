@@ -130,6 +130,19 @@ def test_an_intact_checkpoint_that_cannot_be_read_here_stops_the_run_and_is_kept
     assert sorted(p.name for p in directory.rglob("*")) == before  # checkpoints and segments all kept
 
 
+def test_a_checkpoint_from_another_kind_of_device_is_refused_and_kept(tmp_path, monkeypatch):
+    directory = interrupted(tmp_path / "runs", monkeypatch, at_step=100)
+    current = directory / checkpoint.CURRENT
+    state = torch.load(current, weights_only=True)
+    assert state["device_type"] == "cpu"  # what this machine trains on
+    assert checkpoint.load(directory, _short_identity(), "cpu")[0]["step"] == 80
+    torch.save({**state, "device_type": "cuda"}, current)
+    before = sorted(p.name for p in directory.rglob("*"))
+    with pytest.raises(checkpoint.CheckpointError, match="written on cuda and this process trains on cpu"):
+        run(compose([*SHORT, f"runtime.runs_dir={tmp_path}/runs", "runtime.device=cpu"]))
+    assert sorted(p.name for p in directory.rglob("*")) == before
+
+
 def _short_identity():
     from bnlab.config import identity
 

@@ -19,7 +19,9 @@ from bnlab.data import cifar10
 from bnlab.data.cifar10 import DataError
 from bnlab.launch.local import train_together
 from bnlab.launch.slurm import listed_runs
+from bnlab.store.checkpoint import CheckpointError
 from bnlab.training.runner import run
+from bnlab.util.devices import DeviceError
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
@@ -31,7 +33,7 @@ def _hydra_main(cfg: DictConfig) -> None:
             train_together(listed_runs(cfg))
         else:
             run(cfg)
-    except (ConfigError, DataError) as exc:  # the message says what is wrong and how to fix it
+    except (ConfigError, DataError, DeviceError, CheckpointError) as exc:  # each says what is wrong, how to fix it
         print(f"bnlab-train: {exc}", file=sys.stderr)
         sys.exit(2)
 

@@ -101,6 +101,9 @@ def train_missing(cfgs, jobs: int, launcher: str = "local", launcher_overrides=(
     a Hydra launcher (SLURM). A run is not trained when a run of the same trajectory whose probes cover its
     own is stored or about to be trained: the store serves it from that twin (bnlab.store.find_run)."""
     needed, stored, twins, todo = plan(cfgs)
+    if launcher == "local":  # here, the device must work before any data is prepared (a task checks its own)
+        for device in sorted({str(c.runtime.device) for c in todo.values()}):
+            resolve_device(device)
     prepare_data(todo.values())
     where = f"{jobs} at a time" if launcher == "local" else f"{pack} per task of one job array, launcher {launcher}"
     print(f"{len(needed)} distinct runs needed: {len(stored)} already in the store, {len(twins)} to be served by a "

@@ -60,11 +60,13 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def load(directory: Path, identity: dict) -> tuple[dict, dict[str, list]] | None:
+def load(directory: Path, identity: dict, device_type: str | None = None) -> tuple[dict, dict[str, list]] | None:
     """The newest readable checkpoint and the metric rows logged before it, or None (start afresh).
 
     A damaged checkpoint falls back to the previous one, saying so. A checkpoint of another config raises
-    CheckpointError naming the keys that differ."""
+    CheckpointError naming the keys that differ, and so does one written on another kind of device than
+    `device_type` (when given): the batch order and BatchNorm's noise come from the device's own generator,
+    so such a resume would splice two trajectories."""
     for name in (CURRENT, PREVIOUS):
         path = directory / name
         if not path.exists():
@@ -86,6 +88,13 @@ def load(directory: Path, identity: dict) -> tuple[dict, dict[str, list]] | None
             keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
             raise CheckpointError(f"{path} was written by a different config (differing keys: {', '.join(keys)}); "
                                   f"it will not be resumed. Delete {directory} to start the run afresh.")
+        written_on = state.get("device_type", "cpu")  # checkpoints from before the key: every one was a CPU's
+        if device_type is not None and written_on != device_type:
+            raise CheckpointError(
+                f"{path} was written on {written_on} and this process trains on {device_type}: resuming would "
+                f"splice two trajectories (the batch order and BatchNorm's noise are drawn by the device's own "
+                f"generator). Nothing was deleted: resume it on {written_on} (runtime.device={written_on}), or "
+                f"delete {directory} to start the run afresh here.")
         columns = _segments_before(directory, state["step"])
         if columns is None:
             log.warning("metric segments of %s are incomplete; falling back to an older checkpoint", path)

@@ -240,7 +240,7 @@ class Trainer:
         Stacked runs must resume from one step (bnlab.training.runner.run_stacked groups them so)."""
         steps = set()
         for i, m in enumerate(self.members):
-            found = checkpoint.load(m.directory, identity(m.cfg))
+            found = checkpoint.load(m.directory, identity(m.cfg), self.device.type)
             if found is None:
                 steps.add(0)
                 continue
@@ -279,6 +279,7 @@ class Trainer:
                 "cuda_rng": rng[1],
                 "direction_rng": self.probes.direction_rngs[i].get_state(),
                 "wall_s": m.wall_before + elapsed,
+                "device_type": self.device.type,  # a resume on another kind of device is refused
             }
             m.persisted_rows = checkpoint.save(m.directory, state, m.rows.columns, m.persisted_rows)
 

@@ -14,6 +14,7 @@ from bnlab.config import identity, resolved, validate
 from bnlab.store import checkpoint, lock
 from bnlab.training.loop import Trainer
 from bnlab.training.stacking import stack_key
+from bnlab.util.devices import resolve_device
 
 log = logging.getLogger("bnlab")
 
@@ -26,6 +27,7 @@ def run(cfg: DictConfig) -> Path:
     """
     cfg = resolved(cfg)
     validate(cfg)
+    resolve_device(cfg.runtime.device)  # a GPU given and CUDA not working: fail now, before anything is written
     directory = store.find_run(cfg)
     if store.is_finished(directory):
         return _reuse(directory)
@@ -53,6 +55,7 @@ def run_stacked(cfgs: list[DictConfig]) -> list[Path]:
         raise ValueError("run_stacked: these runs cannot be stacked together (see bnlab.training.stacking.stack_key)")
     for c in cfgs:
         validate(c)
+        resolve_device(c.runtime.device)
     directories = [store.find_run(c) for c in cfgs]
     todo = [(c, d) for c, d in zip(cfgs, directories, strict=True) if not store.is_finished(d)]
     if len(todo) <= 1:

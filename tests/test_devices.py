@@ -1,0 +1,66 @@
+"""A run given a GPU never trains on the CPU instead: it fails at once, where it trains, saying why; a
+login node without a GPU still validates runs that ask for CUDA."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from bnlab.config import compose, validate
+from bnlab.util import devices
+from bnlab.util.devices import DeviceError, resolve_device
+
+no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine where CUDA does not come up")
+
+
+@pytest.fixture
+def cuda_down(monkeypatch):
+    """CUDA not coming up, whatever this machine has; no GPU handed over by the environment."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for name in devices.GPU_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_auto_is_the_cpu_when_no_gpu_was_given(cuda_down):
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.parametrize("variable", ["CUDA_VISIBLE_DEVICES", "SLURM_JOB_GPUS"])
+def test_a_gpu_given_without_working_cuda_fails_naming_why_the_build_and_the_fix(cuda_down, monkeypatch, variable):
+    monkeypatch.setenv(variable, "0")
+    with pytest.raises(DeviceError) as err:
+        resolve_device("auto")
+    message = str(err.value)
+    assert f"{variable}=0" in message and torch.__version__ in message
+    assert (f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU-only build") in message
+    assert "runtime.device=cpu" in message and "docs/gpu.md" in message
+
+
+@pytest.mark.parametrize("hidden", ["", "-1"])
+def test_a_hidden_gpu_is_not_a_gpu_given(cuda_down, monkeypatch, hidden):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", hidden)
+    assert resolve_device("auto") == torch.device("cpu")
+
+
+def test_asking_for_cuda_fails_where_the_run_trains_not_where_it_is_validated(cuda_down):
+    validate(compose(["runtime.device=cuda"]))  # a login node submitting to GPU nodes
+    with pytest.raises(DeviceError, match="runtime.device=cuda"):
+        resolve_device("cuda")
+
+
+def test_minimum_drivers_cover_the_installed_build():
+    if torch.version.cuda:
+        assert int(torch.version.cuda.split(".")[0]) in devices.MIN_DRIVER
+
+
+@no_cuda
+def test_bnlab_train_given_a_gpu_it_cannot_use_stops_before_writing_anything(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in devices.GPU_VARIABLES} | {"CUDA_VISIBLE_DEVICES": "0"}
+    done = subprocess.run([sys.executable, "-m", "bnlab.cli.train", "train.steps=5", "logger=none",
+                           f"runtime.runs_dir={tmp_path}/runs"], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 2, done.stderr
+    assert "CUDA is not available, but this process was given a GPU (CUDA_VISIBLE_DEVICES=0)" in done.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.json"))
