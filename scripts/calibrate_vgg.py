@@ -329,7 +329,48 @@ def cmd_report(args) -> None:
     every = pd.concat(curves)
     for width in dict.fromkeys(every.width):
         _plot(every[every.width == width], OUT / f"vgg_curves_width{width:g}{suffix}.png", plt, width)
+    if args.paper_fig1:
+        _beside_fig1a(every[every.width == 1.0], args.steps, Path(args.paper_fig1),
+                      OUT / f"vgg_beside_fig1a{suffix}.png", plt)
     print("\n".join(lines))
+
+
+# Where panel (a) of the paper's Figure 1 lies in ../shared/references/figures/fig01.png (1701 x 826 pixels):
+# the crop with its labels, the axes' x pixels of steps 0 and 15k (read off its tick marks), its y extent.
+FIG1A_CROP, FIG1A_X0, FIG1A_X15K, FIG1A_Y = (225, 445, 620, 762), 295, 606, (463, 708)
+
+
+def _beside_fig1a(curves, steps: int, crop_path: Path, path: Path, plt) -> None:
+    """Our full-width curves at lr 0.1 (and the standard network at 0.01) beside the paper's Fig 1a, whose
+    first `steps` steps are shaded: the stretch our curves cover."""
+    image = plt.imread(crop_path)
+    left, top, right, bottom = FIG1A_CROP
+    fig, (paper, ours) = plt.subplots(1, 2, figsize=(12, 4.2), constrained_layout=True,
+                                      gridspec_kw={"width_ratios": [1.05, 1]})
+    paper.imshow(image[top:bottom, left:right])
+    shade_to = FIG1A_X0 + (FIG1A_X15K - FIG1A_X0) * steps / 15000
+    paper.add_patch(plt.Rectangle((FIG1A_X0 - left, FIG1A_Y[0] - top), shade_to - FIG1A_X0, FIG1A_Y[1] - FIG1A_Y[0],
+                                  color="gold", alpha=0.4, lw=0))
+    paper.set_title(f"the paper's Fig 1a (15k steps; the first {steps:,} shaded)", fontsize=10)
+    paper.axis("off")
+    styles = {("none", 0.1): ("tab:red", "-"), ("batch", 0.1): ("tab:red", "--"),
+              ("none", 0.01): ("tab:blue", "-"), ("batch", 0.01): ("tab:blue", "--")}
+    for (name, norm, lr), c in curves.groupby(["candidate", "norm", "lr"], sort=False):
+        if (norm, lr) not in styles:
+            continue
+        colour, line = styles[(norm, lr)]
+        smooth = c.set_index("step")["accuracy"].rolling(50, min_periods=1).mean()
+        ours.plot(smooth.index, smooth.values, color=colour, ls=line,
+                  label=f"{'Standard + BatchNorm' if norm == 'batch' else 'Standard'}, LR={lr:g} ({name})")
+    ours.set_xlim(0, steps)
+    ours.set_ylim(0, 100)
+    ours.set_xlabel("Steps")
+    ours.set_ylabel("Training Accuracy (%), 50-step mean")
+    ours.set_title(f"ours: VGG16 at full width, seed 0, {steps:,} steps", fontsize=10)
+    ours.grid(alpha=0.3)
+    ours.legend(fontsize=8, loc="upper left")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def _plot(curves, path: Path, plt, width: float) -> None:
@@ -366,6 +407,8 @@ def main() -> None:
     parser.add_argument("--width", type=float, default=1.0, help="train: channel multiplier (1.0: full width)")
     parser.add_argument("--widths", default="1,0.125", help="report: widths to tabulate (default 1,0.125)")
     parser.add_argument("--candidates", default=None, help=f"comma-separated (default: {','.join(TRAINED)})")
+    parser.add_argument("--paper-fig1", default=None,
+                        help="report: the paper's Figure 1 (references/figures/fig01.png); our curves beside its (a)")
     args = parser.parse_args()
     args.widths = [float(w) for w in args.widths.split(",")]
     args.steps = args.steps or (4 if args.command == "collapse" else 300)
