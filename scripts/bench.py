@@ -61,7 +61,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from bnlab import probes
-from bnlab.config import probes_enabled
+from bnlab.config import probes_enabled, tf32
 from bnlab.launch.costs import predicted_seconds, step_kinds
 from bnlab.models.vgg import VGG
 
@@ -564,11 +564,11 @@ def bench_vgg_paper_run(device, width, repeats, e2e_steps: int):
         run(short)
         e2e_s = time.perf_counter() - started
     step_s = costs["batch"]["plain"]
-    peak = peak_tflops(device, bool(bn.runtime.tf32))
+    peak = peak_tflops(device, tf32(bn))
     achieved = flops["batch"] / step_s / 1e12
     per_run = [predicted_seconds(c, costs[variant(c)]) for c in runs]
     return {
-        "width": width, "batch": BATCH, "tf32": bool(bn.runtime.tf32) if device.type == "cuda" else None,
+        "width": width, "batch": BATCH, "tf32": tf32(bn) if device.type == "cuda" else None,
         "batchnorm": {"train_step_ms": round(step_s * 1e3, 3), "steps_per_s": round(1 / step_s, 1),
                       "gflop_per_step": round(flops["batch"] / 1e9, 2), "achieved_tflops": round(achieved, 3),
                       "peak_tflops_datasheet": peak, "fraction_of_peak": round(achieved / peak, 3) if peak else None,

@@ -136,6 +136,7 @@ def test_run_key_ignores_runtime_and_lr_spelling():
     ("runtime.channels_last=sometimes", "runtime.channels_last"),
     ("runtime.compile=maybe", "runtime.compile"),
     ("runtime.tf32=1", "runtime.tf32"),
+    ("runtime.tf32=fast", "runtime.tf32"),
     ("runtime.cudnn_benchmark=fast", "runtime.cudnn_benchmark"),
 ])
 def test_invalid_values_name_key_value_and_allowed(override, key):
@@ -171,3 +172,10 @@ def test_resolved_config_is_plain_yaml():
     cfg = compose(["scale=smoke"])
     text = OmegaConf.to_yaml(cfg)
     assert "${" not in text and "hydra" not in cfg
+
+
+def test_tf32_by_default_for_vgg_and_never_for_the_dln():
+    from bnlab.config import tf32
+
+    assert tf32(compose(["model=vgg"])) and not tf32(compose(["model=dln"]))
+    assert tf32(compose(["model=dln", "runtime.tf32=true"])) and not tf32(compose(["model=vgg", "runtime.tf32=false"]))

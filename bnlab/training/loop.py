@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from bnlab.config import identity, run_key
+from bnlab.config import identity, run_key, tf32
 from bnlab.data.datasets import build_data
 from bnlab.models import build_model
 from bnlab.store import checkpoint
@@ -68,7 +68,7 @@ class Trainer:
         self.device = resolve_device(cfg.runtime.device)
         self.dtype = getattr(torch, cfg.train.dtype)
         if self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.runtime.tf32
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32(cfg)
             torch.backends.cudnn.benchmark = cfg.runtime.cudnn_benchmark
         if self.stacked:
             self.data, self.model, states = build_stack(cfgs, self.device, self.dtype)
