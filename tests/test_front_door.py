@@ -122,3 +122,14 @@ def test_train_dry_run_checks_the_launcher_and_submits_nothing(tmp_path):
     bad = subprocess.run([*command[:-2], "hydra.launcher.partiton=gpu"], env=env, capture_output=True, text=True,
                          timeout=300)
     assert bad.returncode == 2 and "partiton" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_the_slurm_launcher_asks_for_gpus_as_a_generic_resource_every_slurm_accepts():
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    from bnlab.config import compose
+
+    launcher = compose(["hydra/launcher=slurm"], with_hydra=True).hydra.launcher
+    script = _make_sbatch_string(command="true", folder="/tmp/%j", gres=launcher.gres,
+                                 gpus_per_node=launcher.gpus_per_node, cpus_per_task=launcher.cpus_per_task)
+    assert "#SBATCH --gres=gpu:1" in script and "--gpus-per-node" not in script
