@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from bnlab.config import compose, validate
 from bnlab.util import devices
@@ -64,3 +65,22 @@ def test_bnlab_train_given_a_gpu_it_cannot_use_stops_before_writing_anything(tmp
     assert done.returncode == 2, done.stderr
     assert "CUDA is not available, but this process was given a GPU (CUDA_VISIBLE_DEVICES=0)" in done.stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.json"))
+
+
+@pytest.mark.parametrize("modes,processes,refused", [
+    (["Exclusive_Process"], 2, True), (["Default"], 2, False), (["Exclusive_Process"], 1, False), ([], 4, False)])
+def test_several_processes_on_an_exclusive_mode_gpu_are_refused_before_any_starts(monkeypatch, modes, processes,
+                                                                                    refused):
+    from bnlab.launch.local import train_together
+    from bnlab.util.devices import check_processes_per_gpu
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(devices, "compute_modes", lambda: modes)
+    if not refused:
+        check_processes_per_gpu(processes, "auto", "--pack 2")
+        return
+    with pytest.raises(DeviceError, match="Exclusive_Process.*--pack 1"):
+        check_processes_per_gpu(processes, "auto", "--pack 2")
+    vgg_and_dln = [OmegaConf.to_container(compose([f"model={m}", "logger=none"])) for m in ("dln", "vgg")]
+    with pytest.raises(DeviceError):  # a packed SLURM task: two processes, refused before either starts
+        train_together(vgg_and_dln)

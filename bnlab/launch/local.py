@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from bnlab import store
 from bnlab.training.runner import run_stacked
 from bnlab.training.stacking import stack_groups
+from bnlab.util.devices import check_processes_per_gpu
 from bnlab.util.process import die_with_parent, pass_to
 
 _POOL_WORKER = False
@@ -49,6 +50,7 @@ def train_pool(containers: list[dict], jobs: int) -> None:
     if len(groups) < len(containers):
         print(f"  as {len(groups)} jobs: runs that differ only in their seed train stacked", flush=True)
     started = time.perf_counter()
+    check_processes_per_gpu(min(jobs, len(groups)), containers[0]["runtime"]["device"], f"--jobs {jobs}")
     if jobs == 1:
         results = (train_group(g) for g in groups)
     else:
@@ -78,6 +80,7 @@ def train_together(containers: list[dict]) -> None:
     if len(groups) == 1:
         train_group(groups[0])
         return
+    check_processes_per_gpu(len(groups), containers[0]["runtime"]["device"], f"--pack {len(containers)}")
     workers = [get_context("spawn").Process(target=_train_in_child, args=(g,)) for g in groups]
     for w in workers:
         w.start()

@@ -51,6 +51,29 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def compute_modes() -> list[str]:
+    """Each visible GPU's compute mode as nvidia-smi names it ("Default", "Exclusive_Process", ...); [] when
+    nvidia-smi is not there."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=compute_mode", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
+
+
+def check_processes_per_gpu(processes: int, device: str, what: str) -> None:
+    """Several training processes on one GPU need its compute mode to allow them: on a GPU in exclusive-process
+    mode the second one fails to start. Refuse before starting any (DeviceError)."""
+    if processes < 2 or resolve_device(device).type != "cuda":
+        return
+    exclusive = [mode for mode in compute_modes() if mode.lower().startswith("exclusive")]
+    if exclusive:
+        raise DeviceError(f"{what} would put {processes} training processes on one GPU, whose compute mode is "
+                          f"{exclusive[0]}: it admits one process. Train one run per process (--pack 1, or "
+                          f"--jobs 1 here); DLN seeds still share a process as one stacked model.")
+
+
 def driver_version() -> str | None:
     try:
         # "NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.14 ..."
