@@ -70,6 +70,7 @@ calibrate-dln: setup  ## the DLN calibration study into results/calibration/
 	$(BIN)/python scripts/calibrate_dln.py train --jobs $(JOBS)
 	$(BIN)/python scripts/calibrate_dln.py train --lp --jobs $(JOBS)
 	$(BIN)/python scripts/calibrate_dln.py report
+	$(BIN)/python scripts/calibrate_dln.py report --lp
 
 sync-wandb: setup  ## upload the offline W&B runs of the run store (needs `wandb login`)
 	find $(RUNS) -type d -name 'offline-run-*' -exec $(BIN)/wandb sync {} +
