@@ -202,7 +202,7 @@ def _validate_runtime(cfg):
            "null or a positive integer")
     _positive(cfg, "runtime.log_every", integer=True)
     _check(r.tf32 == "auto" or isinstance(r.tf32, bool), "runtime.tf32", r.tf32, "auto, true or false")
-    for key in ("compile", "cudnn_benchmark", "stack_seeds"):
+    for key in ("compile", "cudnn_benchmark", "deterministic", "stack_seeds"):
         _check(isinstance(r[key], bool), f"runtime.{key}", r[key], "true or false")
     _check(r.channels_last in ("auto", True, False), "runtime.channels_last", r.channels_last, "auto, true or false")
     if r.checkpoint_every is not None:
@@ -215,6 +215,14 @@ def tf32(cfg: DictConfig) -> bool:
     whose 25-map product amplifies TF32's rounding into a different trajectory: emulated on a CPU, 2,000 smoke
     steps of the standard DLN ended as far from fp32's loss as another seed's (issue 27)."""
     return cfg.model.name != "dln" if cfg.runtime.tf32 == "auto" else bool(cfg.runtime.tf32)
+
+
+def cuda_settings(cfg: DictConfig) -> dict:
+    """How a run sets up CUDA. With `runtime.deterministic`, deterministic algorithms and no cuDNN benchmark:
+    its timing picks convolution algorithms afresh in each process, so a resumed run could round otherwise."""
+    deterministic = bool(cfg.runtime.deterministic)
+    return {"tf32": tf32(cfg), "deterministic": deterministic,
+            "cudnn_benchmark": bool(cfg.runtime.cudnn_benchmark) and not deterministic}
 
 
 def identity(cfg: DictConfig) -> dict:

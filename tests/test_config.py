@@ -137,6 +137,7 @@ def test_run_key_ignores_runtime_and_lr_spelling():
     ("runtime.compile=maybe", "runtime.compile"),
     ("runtime.tf32=1", "runtime.tf32"),
     ("runtime.tf32=fast", "runtime.tf32"),
+    ("runtime.deterministic=sometimes", "runtime.deterministic"),
     ("runtime.cudnn_benchmark=fast", "runtime.cudnn_benchmark"),
 ])
 def test_invalid_values_name_key_value_and_allowed(override, key):
@@ -179,3 +180,11 @@ def test_tf32_by_default_for_vgg_and_never_for_the_dln():
 
     assert tf32(compose(["model=vgg"])) and not tf32(compose(["model=dln"]))
     assert tf32(compose(["model=dln", "runtime.tf32=true"])) and not tf32(compose(["model=vgg", "runtime.tf32=false"]))
+
+
+def test_deterministic_cuda_turns_the_cudnn_benchmark_off():
+    from bnlab.config import cuda_settings
+
+    assert cuda_settings(compose()) == {"tf32": False, "deterministic": True, "cudnn_benchmark": False}  # the DLN
+    fast = cuda_settings(compose(["model=vgg", "runtime.deterministic=false"]))
+    assert fast == {"tf32": True, "deterministic": False, "cudnn_benchmark": True}

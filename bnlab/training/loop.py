@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import signal
 import sys
 import time
@@ -16,7 +17,7 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from bnlab.config import identity, run_key, tf32
+from bnlab.config import cuda_settings, identity, run_key
 from bnlab.data.datasets import build_data
 from bnlab.models import build_model
 from bnlab.store import checkpoint
@@ -29,6 +30,10 @@ from bnlab.training.tracking import WandbRun
 from bnlab.util.devices import resolve_device
 from bnlab.util.process import StopSignals
 from bnlab.util.rng import rng_state, set_rng_state
+
+# cuBLAS reads this when it creates its first handle, which may be before a deterministic run's Trainer
+# exists (a pool worker that trained another run): set for the process, it makes cuBLAS deterministic.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 log = logging.getLogger("bnlab")
 
@@ -68,8 +73,11 @@ class Trainer:
         self.device = resolve_device(cfg.runtime.device)
         self.dtype = getattr(torch, cfg.train.dtype)
         if self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32(cfg)
-            torch.backends.cudnn.benchmark = cfg.runtime.cudnn_benchmark
+            cuda = cuda_settings(cfg)
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cuda["tf32"]
+            torch.backends.cudnn.benchmark = cuda["cudnn_benchmark"]
+            # warn_only: an op without a deterministic CUDA kernel warns (naming itself) instead of failing a run
+            torch.use_deterministic_algorithms(cuda["deterministic"], warn_only=True)
         if self.stacked:
             self.data, self.model, states = build_stack(cfgs, self.device, self.dtype)
             for m, state in zip(self.members, states, strict=True):
