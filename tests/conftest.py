@@ -5,6 +5,18 @@ import torch
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# The tests compare runs bit for bit as a CPU computes them, so they run on the CPU on a GPU machine too
+# (runtime.device follows BNLAB_DEVICE); the tests marked gpu ask for CUDA themselves.
+os.environ["BNLAB_DEVICE"] = "cpu"
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)

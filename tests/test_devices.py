@@ -59,7 +59,8 @@ def test_minimum_drivers_cover_the_installed_build():
 
 @no_cuda
 def test_bnlab_train_given_a_gpu_it_cannot_use_stops_before_writing_anything(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in devices.GPU_VARIABLES} | {"CUDA_VISIBLE_DEVICES": "0"}
+    env = {k: v for k, v in os.environ.items() if k not in (*devices.GPU_VARIABLES, "BNLAB_DEVICE")}
+    env["CUDA_VISIBLE_DEVICES"] = "0"
     done = subprocess.run([sys.executable, "-m", "bnlab.cli.train", "train.steps=5", "logger=none",
                            f"runtime.runs_dir={tmp_path}/runs"], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 2, done.stderr
@@ -81,6 +82,7 @@ def test_several_processes_on_an_exclusive_mode_gpu_are_refused_before_any_start
         return
     with pytest.raises(DeviceError, match="Exclusive_Process.*--pack 1"):
         check_processes_per_gpu(processes, "auto", "--pack 2")
-    vgg_and_dln = [OmegaConf.to_container(compose([f"model={m}", "logger=none"])) for m in ("dln", "vgg")]
+    vgg_and_dln = [OmegaConf.to_container(compose([f"model={m}", "logger=none", "runtime.device=auto"]))
+                   for m in ("dln", "vgg")]
     with pytest.raises(DeviceError):  # a packed SLURM task: two processes, refused before either starts
         train_together(vgg_and_dln)
