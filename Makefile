@@ -13,7 +13,7 @@ RUNS := $(or $(BNLAB_RUNS),runs)
 SEEDS_ARG := $(if $(SEEDS),--seeds $(SEEDS),)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test lint bench calibrate-vgg calibrate-dln sync-wandb clean-venv slurm-local-start slurm-local-stop
+.PHONY: help setup test lint bench gpu-check calibrate-vgg calibrate-dln sync-wandb clean-venv slurm-local-start slurm-local-stop
 
 help:  ## this list
 	@echo "make TARGET [VARIABLE=value ...]"
@@ -65,6 +65,9 @@ calibrate-vgg: setup  ## the VGG calibration study (full width: hours on a CPU) 
 	$(BIN)/python scripts/calibrate_vgg.py train --steps 1500 --candidates $(VGG_LONG) --norms none --lrs 0.01,0.1 --jobs $(JOBS) --threads 1
 	$(BIN)/python scripts/calibrate_vgg.py train --steps 1500 --candidates $(VGG_LONG) --norms batch --lrs 0.1 --jobs $(JOBS) --threads 1
 	$(BIN)/python scripts/calibrate_vgg.py report --steps 1500 --widths 1 $(if $(PAPER_FIGURES),--paper-fig1 $(PAPER_FIGURES)/fig01.png)
+
+gpu-check: setup  ## on a GPU machine: driver and build, the gpu tests, VGG speed and memory, kill/resume (~5 min)
+	$(BIN)/python scripts/gpu_check.py
 
 calibrate-dln: setup  ## the DLN calibration study into results/calibration/
 	$(BIN)/python scripts/calibrate_dln.py train --jobs $(JOBS)

@@ -1,7 +1,7 @@
 """Kill-and-resume trials: SIGKILL a run at a random moment, start it again, compare its metrics with an
 uninterrupted run's. Prints one line per trial and the count that ended identical.
 
-    python scripts/kill_resume_trials.py [TRIALS]
+    python scripts/kill_resume_trials.py [TRIALS] [OVERRIDE ...]    # e.g. 3 runtime.device=cuda
 """
 
 import random
@@ -26,16 +26,18 @@ def metrics(directory):
     return m.assign(metric=m.metric.astype(str)).sort_values(["step", "metric", "layer"]).reset_index(drop=True)
 
 
-def main(trials: int) -> None:
+def main(trials: int, overrides: list[str] = ()) -> tuple[int, int]:
+    """(identical, killed) over `trials` trials of the run RUN + `overrides`."""
+    run_overrides = [*RUN, *overrides]
     root = Path(tempfile.mkdtemp())
     started = time.perf_counter()
-    reference = metrics(run(compose([*RUN, f"runtime.runs_dir={root}/reference"])))
+    reference = metrics(run(compose([*run_overrides, f"runtime.runs_dir={root}/reference"])))
     uninterrupted_s = time.perf_counter() - started
     identical = killed = 0
     for trial in range(trials):
         runs = root / f"trial{trial}"
-        cfg = compose([*RUN, f"runtime.runs_dir={runs}"])
-        proc = subprocess.Popen([sys.executable, "-m", "bnlab.cli.train", *RUN, f"runtime.runs_dir={runs}"],
+        cfg = compose([*run_overrides, f"runtime.runs_dir={runs}"])
+        proc = subprocess.Popen([sys.executable, "-m", "bnlab.cli.train", *run_overrides, f"runtime.runs_dir={runs}"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(random.Random(trial).uniform(2.0, 2.0 + uninterrupted_s))  # startup, then anywhere in the run
         proc.send_signal(signal.SIGKILL)
@@ -52,7 +54,8 @@ def main(trials: int) -> None:
         print(f"trial {trial}: killed, resumed at step {at}: {'identical' if same else 'DIFFERENT'}", flush=True)
     print(f"{identical} of {killed} killed runs ended with metrics identical to the uninterrupted run "
           f"({trials - killed} of {trials} trials finished before their kill)")
+    return identical, killed
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 10)
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 10, sys.argv[2:])

@@ -86,3 +86,10 @@ def test_several_processes_on_an_exclusive_mode_gpu_are_refused_before_any_start
                    for m in ("dln", "vgg")]
     with pytest.raises(DeviceError):  # a packed SLURM task: two processes, refused before either starts
         train_together(vgg_and_dln)
+
+
+@no_cuda
+def test_gpu_check_without_cuda_says_why_and_writes_nothing(tmp_path):
+    script = devices.__file__.replace("bnlab/util/devices.py", "scripts/gpu_check.py")
+    done = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "gpu-check: CUDA is not available, but runtime.device=cuda" in done.stderr
