@@ -48,12 +48,29 @@ class ConfigError(ValueError):
         self.key, self.value, self.allowed = key, value, allowed
 
 
+# Keys of a user's own, added with `+ext.NAME=value` (part of the run's identity); any other new key is refused.
+EXTENSION_NAMESPACE = "ext"
+
+
+def check_overrides(overrides) -> None:
+    """Refuse keys added with `+` or `++` (Hydra's "add a key"): a misspelt one would become part of the
+    run's identity and train a new run. Keys of one's own go under `ext.`."""
+    for override in overrides:
+        if override.startswith("+"):
+            key, _, value = override.lstrip("+").partition("=")
+            if not key.startswith(f"{EXTENSION_NAMESPACE}.") and not key.startswith(("hydra.", "hydra/")):
+                raise ConfigError(key, value, f"an existing key (check its spelling), or a key of your own under "
+                                              f"{EXTENSION_NAMESPACE}. (e.g. +{EXTENSION_NAMESPACE}.{key}={value})")
+
+
 def compose(overrides: list[str] | None = None, with_hydra: bool = False) -> DictConfig:
     """The resolved config `bnlab-train` would run with these command-line overrides (no sweep).
 
     with_hydra=True returns the unresolved config with its hydra section (e.g. the sweeper's params)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+
+    check_overrides(overrides or [])
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = hydra_compose(config_name="train", overrides=list(overrides or []), return_hydra_config=with_hydra)
@@ -85,8 +102,17 @@ def _positive(cfg, key: str, integer: bool = False):
     _check(good, key, value, "a positive integer" if integer else "a positive number")
 
 
+# Every switch of the configs: true or false only (a string like "yes" would read as true).
+BOOLEANS = ("norm.noise.enabled", "norm.center_before_norm", "data.augment", "data.download", "model.bias",
+            "model.activation_consecutive", "logger.wandb.enabled", "runtime.progress",
+            *(f"probes.{name}.enabled" for name in PROBES))
+
+
 def validate(cfg: DictConfig) -> None:
     """Fail fast, before any work, on values that cannot work."""
+    for key in BOOLEANS:
+        value = OmegaConf.select(cfg, key, default=None)
+        _check(value is None or isinstance(value, bool), key, value, "true or false")
     _check(cfg.model.name in MODELS, "model.name", cfg.model.name, ", ".join(MODELS))
     _check(cfg.norm.kind in NORM_KINDS, "norm.kind", cfg.norm.kind, ", ".join(NORM_KINDS))
     _check(isinstance(cfg.seed, int) and cfg.seed >= 0, "seed", cfg.seed, "an integer >= 0")

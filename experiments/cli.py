@@ -169,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     except (MissingRuns, ConfigError, DataError, LaunchError, DeviceError) as exc:
         print(f"bnlab-figure: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # every run in training has checkpointed at the step it was in
+        print("bnlab-figure: interrupted; the runs checkpointed, and the same command resumes them", file=sys.stderr)
+        return 130
     except Exception as exc:  # Hydra's composition errors name the bad group or key
         if type(exc).__module__.startswith(("hydra", "omegaconf")):
             print(f"bnlab-figure: {exc}", file=sys.stderr)

@@ -1,5 +1,6 @@
 """Hydra composition of every experiment, and start-up validation of bad values."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -131,6 +132,8 @@ def test_run_key_ignores_runtime_and_lr_spelling():
     ("norm.noise.constants.n_sigma=0.5", "norm.noise.constants.n_sigma"),
     ("data.loss=l1", "data.loss"),
     ("data.target_spectrum=flat", "data.target_spectrum"),
+    ("norm.noise.enabled=yes", "norm.noise.enabled"),
+    ("probes.ics.enabled=1", "probes.ics.enabled"),
     ("model.bias=1", "model.bias"),
     ("runtime.device=tpu", "runtime.device"),
     ("runtime.channels_last=sometimes", "runtime.channels_last"),
@@ -188,3 +191,32 @@ def test_deterministic_cuda_turns_the_cudnn_benchmark_off():
     assert cuda_settings(compose()) == {"tf32": False, "deterministic": True, "cudnn_benchmark": False}  # the DLN
     fast = cuda_settings(compose(["model=vgg", "runtime.deterministic=false"]))
     assert fast == {"tf32": True, "deterministic": False, "cudnn_benchmark": True}
+
+
+def test_a_key_added_with_plus_is_refused_unless_it_is_ones_own_under_ext():
+    for override in ("+train.stepz=100", "++optim.lrr=0.1"):
+        with pytest.raises(ConfigError, match=r"an existing key \(check its spelling\).*\+ext\."):
+            compose([override])
+    mine = compose(["+ext.note=warmup"])
+    assert mine.ext.note == "warmup" and run_key(mine) != run_key(compose())  # part of the run's identity
+    done = subprocess.run([sys.executable, "-m", "bnlab.cli.train", "+train.stepz=100", "logger=none"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "train.stepz" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_ctrl_c_checkpoints_and_ends_with_one_line(tmp_path):
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "bnlab.cli.train", "scale=smoke", "train.steps=1000000",
+                             "runtime.checkpoint_every=100", "logger=none", f"runtime.runs_dir={tmp_path}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list(tmp_path.glob("smoke/*/checkpoint.pt")) and time.time() < deadline:  # training
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("bnlab-train: interrupted; the run checkpointed")
+    summary = json.loads(next(tmp_path.glob("smoke/*/summary.json")).read_text())
+    assert summary["status"] == "interrupted" and summary["steps_completed"] > 100

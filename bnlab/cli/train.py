@@ -14,7 +14,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from bnlab import store
-from bnlab.config import CONFIG_DIR, ConfigError, compose, dry_run, resolved, validate
+from bnlab.config import CONFIG_DIR, ConfigError, check_overrides, compose, dry_run, resolved, validate
 from bnlab.data import cifar10
 from bnlab.data.cifar10 import DataError
 from bnlab.launch.local import train_together
@@ -26,7 +26,10 @@ from bnlab.util.devices import DeviceError
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
     try:
+        check_overrides(HydraConfig.get().overrides.task)
         if dry_run():
             _dry_run(cfg)
         elif cfg.runtime.get("run_list"):
@@ -36,6 +39,10 @@ def _hydra_main(cfg: DictConfig) -> None:
     except (ConfigError, DataError, DeviceError, CheckpointError) as exc:  # each says what is wrong, how to fix it
         print(f"bnlab-train: {exc}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # the run has checkpointed at the step it was in (bnlab.training.loop)
+        print("bnlab-train: interrupted; the run checkpointed and resumes where it stopped when started again",
+              file=sys.stderr)
+        sys.exit(130)
 
 
 def _dry_run(cfg: DictConfig) -> None:
