@@ -35,7 +35,7 @@ from bnlab.util.files import atomic_write
 from experiments import figure_module, figure_names
 from experiments.lib.plotting import STYLE
 from experiments.lib.report import write_results
-from experiments.lib.runs import MissingRuns, load, sweep
+from experiments.lib.runs import MissingRuns, changes_runs, load, sweep
 
 
 def figure_costs(name: str) -> dict:
@@ -81,7 +81,7 @@ def figure_about(name: str) -> str:
     return " ".join((figure_module(name).__doc__ or "").strip().split("\n\n")[0].split())
 
 
-def draw(name: str, scale: str, seeds: int, cfgs: list, out_root: Path) -> list:
+def draw(name: str, scale: str, seeds: int, cfgs: list, out_root: Path, overrides: list[str] = ()) -> list:
     """Draw figure `name` from its runs (`cfgs`, its sweep) into out_root/scale, judge its claims and record
     them there."""
     module = figure_module(name)
@@ -94,7 +94,8 @@ def draw(name: str, scale: str, seeds: int, cfgs: list, out_root: Path) -> list:
     claims = module.claims(runs)
     reports = module.reports(runs) if hasattr(module, "reports") else []
     datasets = sorted({r.summary.get("data", "?") for r in runs})
-    write_results(out_dir, name, claims, figure_about(name), seeds, scale, datasets, figure_names(), reports)
+    write_results(out_dir, name, claims, figure_about(name), seeds, scale, datasets, figure_names(), reports,
+                  overrides)
     print(f"\n{name}: drew {out_dir / (name + '.png')} from {len(runs)} runs ({seeds} seed{'s' if seeds > 1 else ''})")
     for c in claims:
         per_seed = ", ".join(c.outcomes["seeds"].values())
@@ -121,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="runs per task of the job array, trained at once (launchers other than local)")
     parser.add_argument("--launcher", default="local", choices=launchers(),
                         help="local: train here, --jobs at a time; slurm: one SLURM job array (configs/hydra/launcher)")
-    parser.add_argument("--out", type=Path, default=Path("results"), help="results folder (default: results)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results folder (default: results, the committed one; required with overrides that "
+                             "change the runs)")
     parser.add_argument("--list", action="store_true",
                         help="list the figures: what each reproduces and its cost at each scale")
     args = parser.parse_intermixed_args(argv)
@@ -143,6 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     if launcher_overrides and not (args.train and args.launcher != "local"):
         parser.error(f"{launcher_overrides[0]!r} sets the launcher: it goes with --train --launcher slurm (or another "
                      "configs/hydra/launcher config), not with local training or drawing")
+    changing = [o for o in run_overrides if changes_runs(o)]
+    if changing and args.out is None:
+        parser.error(f"{' '.join(changing)} changes the runs: their figures and claims would overwrite the committed "
+                     f"results/{args.scale}/. Say where they go instead, e.g. --out /tmp/bnlab-try")
+    args.out = args.out or Path("results")
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
     if args.pack < 1:
@@ -164,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.train:
             train_missing([c for group in cfgs.values() for c in group], args.jobs, args.launcher,
                           launcher_overrides, args.name, args.pack)
-        for name in names:
-            draw(name, args.scale, seeds, cfgs[name], args.out)  # composed once, above: Hydra takes seconds per figure
+        for name in names:  # cfgs composed once, above: Hydra takes seconds per figure
+            draw(name, args.scale, seeds, cfgs[name], args.out, changing)
     except (MissingRuns, ConfigError, DataError, LaunchError, DeviceError) as exc:
         print(f"bnlab-figure: {exc}", file=sys.stderr)
         return 2

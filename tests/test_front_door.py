@@ -133,3 +133,23 @@ def test_the_slurm_launcher_asks_for_gpus_as_a_generic_resource_every_slurm_acce
     script = _make_sbatch_string(command="true", folder="/tmp/%j", gres=launcher.gres,
                                  gpus_per_node=launcher.gpus_per_node, cpus_per_task=launcher.cpus_per_task)
     assert "#SBATCH --gres=gpu:1" in script and "--gpus-per-node" not in script
+
+
+def test_overrides_that_change_the_runs_never_overwrite_the_committed_results(tmp_path, capsys):
+    with pytest.raises(SystemExit) as err:  # before anything is composed or trained
+        figure_cli.main(["figure3", "--scale", "smoke", "train.steps=200"])
+    assert err.value.code == 2 and "would overwrite the committed results/smoke/" in capsys.readouterr().err
+    # a key the figure sweeps would leave it nothing to compare: refused before training
+    assert figure_cli.main(["figure3", "--scale", "smoke", "--train", "norm=batch", "--out", str(tmp_path)]) == 2
+    assert "figure figure3 sweeps norm over none,batch" in capsys.readouterr().err
+    assert not list(tmp_path.rglob("*.json"))
+
+
+def test_a_figure_drawn_with_overrides_says_so_in_its_readme(tmp_path):
+    from experiments.lib.report import write_results
+
+    write_results(tmp_path, "figure3", [], "notes", 1, "smoke", overrides=["train.steps=200"])
+    readme = (tmp_path / "README.md").read_text()
+    assert "**Made with overrides** (not the scale's settings): `train.steps=200`" in readme
+    write_results(tmp_path, "figure3", [], "notes", 1, "smoke")
+    assert "Made with overrides" not in (tmp_path / "README.md").read_text()

@@ -12,7 +12,8 @@ VERDICT_TEXT = {HOLDS: "holds", "fails": "**fails**", UNDECIDED: "*undecided*"}
 
 
 def write_results(out_dir: Path, figure: str, claims: list[Claim], notes: str, seeds: int, scale: str,
-                  datasets: list[str] = (), order: list[str] = (), reports: list[Report] = ()) -> None:
+                  datasets: list[str] = (), order: list[str] = (), reports: list[Report] = (),
+                  overrides: list[str] = ()) -> None:
     """Merge this figure's claims into claims.json and rewrite README.md from it, figures in `order` (the
     paper's: experiments.figure_names())."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -22,7 +23,8 @@ def write_results(out_dir: Path, figure: str, claims: list[Claim], notes: str, s
     # redrawn in the current form when their figure is
     data = {name: entry for name, entry in data.items() if all("verdict" in c for c in entry.get("claims", []))}
     data[figure] = {"seeds": seeds, "spread": spread_label(seeds), "notes": notes, "datasets": list(datasets),
-                    "claims": [asdict(c) for c in claims], "reports": [asdict(r) for r in reports]}
+                    "claims": [asdict(c) for c in claims], "reports": [asdict(r) for r in reports],
+                    "overrides": list(overrides)}
     data = dict(sorted(data.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
     path.write_text(json.dumps(data, indent=2, default=float) + "\n")
     (out_dir / "README.md").write_text(readme(data, scale))
@@ -42,6 +44,8 @@ def readme(data: dict, scale: str) -> str:
         lines += [f"## {name}", "", f"![{name}]({name}.png)", "",
                   f"Seeds: {entry['seeds']} (brackets: {entry.get('spread', spread_label(entry['seeds']))})."
                   f"{f' Data: {used}.' if used else ''} {entry['notes']}", ""]
+        if entry.get("overrides"):
+            lines += [f"**Made with overrides** (not the scale's settings): `{' '.join(entry['overrides'])}`.", ""]
         if entry["claims"]:
             lines += ["| claim | the paper | rule | tie band | paper's value | measured | per seed | verdict |",
                       "|---|---|---|---|---|---|---|---|"]

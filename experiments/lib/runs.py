@@ -17,7 +17,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from bnlab import store
-from bnlab.config import compose, resolved
+from bnlab.config import DATA_LOCATION, NOT_IDENTITY, ConfigError, compose, resolved
 
 
 def sweep(name: str, scale: str, seeds: int, overrides: list[str] = ()) -> list[DictConfig]:
@@ -25,7 +25,12 @@ def sweep(name: str, scale: str, seeds: int, overrides: list[str] = ()) -> list[
     base = [f"experiment={name}", f"scale={scale}", *overrides]
     hydra_cfg = compose(base, with_hydra=True)
     params = {k: str(v) for k, v in (hydra_cfg.hydra.sweeper.params or {}).items()}
-    given = {o.split("=", 1)[0] for o in overrides}
+    given = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in overrides}
+    for key in set(given) & set(params):  # the figure compares these values: one alone leaves nothing to compare
+        if key == "model" and given[key] in params[key].split(","):
+            continue  # a figure draws each model's panels on their own: `model=dln` keeps the DLN's
+        raise ConfigError(key, given[key], f"no override: figure {name} sweeps {key} over {params[key]} and "
+                                           f"compares them (bnlab-train trains single runs)")
     swept = [f"{k}={v}" for k, v in params.items() if k not in given]
     # Composing takes Hydra about 0.1 s a job: each configuration is composed once, its seeds set afterwards
     # and only then resolved, which is what the override seed=<s> does (tests/test_config.py compares the two)
@@ -36,6 +41,14 @@ def sweep(name: str, scale: str, seeds: int, overrides: list[str] = ()) -> list[
         for seed in range(seeds):
             out.append(resolved(OmegaConf.create({**unresolved, "seed": seed})))
     return out
+
+
+def changes_runs(override: str) -> bool:
+    """Whether an override changes what a figure's runs compute: anything but where and how they run
+    (runtime, logger, hydra), where the data lives, and `model=`, which keeps one model's panels."""
+    key = override.lstrip("+~").split("=", 1)[0]
+    neutral = key == "model" or key in [f"data.{k}" for k in DATA_LOCATION]
+    return key.split(".")[0].split("/")[0] not in NOT_IDENTITY and not neutral
 
 
 def expand(overrides: list[str]) -> list[list[str]]:
