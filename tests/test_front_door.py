@@ -102,6 +102,8 @@ def test_figure_dry_run_plans_without_training_or_touching_the_data(runs_dir, tm
     assert figure_cli.main(["figure1", "--scale", "smoke", "--train", "--out", str(tmp_path / "results")]) == 0
     out = capsys.readouterr().out
     assert "dry run: 12 distinct runs needed, 0 already in the store, 0 served by a probed twin, 12 would train" in out
+    listed = re.findall(rf"  would train {re.escape(str(runs_dir))}/smoke/(vgg-\S+) ", out)
+    assert len(set(listed)) == 12  # each run it would train, by name
     assert f"would download CIFAR-10 into {tmp_path / 'no-data' / 'cifar-10-batches-py'}" in out
     assert not (tmp_path / "no-data").exists() and not (tmp_path / "results").exists()
     assert not list(runs_dir.rglob("*.parquet"))

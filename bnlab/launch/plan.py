@@ -79,6 +79,8 @@ def report_plan(cfgs, launcher: str) -> None:
     print(f"dry run: {len(needed)} distinct runs needed, {len(stored)} already in the store, {len(twins)} served by "
           f"a probed twin, {len(todo)} would train (launcher {launcher}; about "
           f"{duration(sum(estimated_seconds(c) for c in todo.values()) / 2)} on 2 CPU cores)")
+    for directory, cfg in sorted(todo.items()):
+        print(f"  would train {directory} (about {duration(estimated_seconds(cfg))} on a CPU core)")
     for d in sorted({(c.data.root, c.data.source, c.data.download, c.data.sha256) for c in todo.values()
                      if c.data.name == "cifar10"}):
         print(f"  data: would {cifar10.check(*d)}")
