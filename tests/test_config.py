@@ -217,6 +217,7 @@ def test_ctrl_c_checkpoints_and_ends_with_one_line(tmp_path):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Traceback" not in err
+    assert "bnlab-train: scale=smoke model=dln norm=none optim.lr=1e-06 seed=0, 1,000,000 steps ->" in err
     assert err.strip().splitlines()[-1].startswith("bnlab-train: interrupted; the run checkpointed")
     summary = json.loads(next(tmp_path.glob("smoke/*/summary.json")).read_text())
     assert summary["status"] == "interrupted" and summary["steps_completed"] > 100

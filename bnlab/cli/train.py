@@ -35,6 +35,7 @@ def _hydra_main(cfg: DictConfig) -> None:
         elif cfg.runtime.get("run_list"):
             train_together(listed_runs(cfg))
         else:
+            _announce(resolved(cfg))
             run(cfg)
     except (ConfigError, DataError, DeviceError, CheckpointError) as exc:  # each says what is wrong, how to fix it
         print(f"bnlab-train: {exc}", file=sys.stderr)
@@ -43,6 +44,23 @@ def _hydra_main(cfg: DictConfig) -> None:
         print("bnlab-train: interrupted; the run checkpointed and resumes where it stopped when started again",
               file=sys.stderr)
         sys.exit(130)
+
+
+def _announce(cfg: DictConfig) -> None:
+    """Say what is about to train, the scale included (the default is the paper's), and warn first when a
+    full-width VGG16 would train on a CPU: hours, where scale=smoke takes minutes."""
+    from bnlab.launch.costs import estimated_seconds
+    from bnlab.launch.plan import duration
+    from bnlab.util.devices import resolve_device
+
+    validate(cfg)
+    norm = cfg.norm.kind + ("+noise" if cfg.norm.noise.enabled else "")
+    print(f"bnlab-train: scale={cfg.scale.name} model={cfg.model.name} norm={norm} optim.lr={cfg.optim.lr:g} "
+          f"seed={cfg.seed}, {cfg.train.steps:,} steps -> {store.run_dir(cfg)}", file=sys.stderr, flush=True)
+    if cfg.model.name == "vgg" and cfg.model.width >= 0.5 and resolve_device(cfg.runtime.device).type == "cpu":
+        print(f"bnlab-train: warning: a VGG16 at width {cfg.model.width:g} on the CPU (no GPU here): about "
+              f"{duration(estimated_seconds(cfg))}. scale=smoke trains a narrow one in minutes; Ctrl-C stops "
+              f"this one (checkpointed).", file=sys.stderr, flush=True)
 
 
 def _dry_run(cfg: DictConfig) -> None:
