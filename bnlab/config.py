@@ -134,7 +134,6 @@ def validate(cfg: DictConfig) -> None:
         _positive(cfg, "model.width", integer=True)
         _positive(cfg, "model.depth", integer=True)
         _positive(cfg, "model.init_gain")
-        _check(isinstance(cfg.model.bias, bool), "model.bias", cfg.model.bias, "true or false")
         _check(cfg.data.target_spectrum in TARGET_SPECTRA, "data.target_spectrum", cfg.data.target_spectrum,
                ", ".join(TARGET_SPECTRA))
         _positive(cfg, "data.num_samples", integer=True)
