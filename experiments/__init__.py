@@ -7,9 +7,12 @@ config's sweep, and the module draws the figure (`draw(runs, path)`), judges the
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from types import ModuleType
 
-from bnlab.config import CONFIG_DIR
+# The configs beside this package (bnlab.config.CONFIG_DIR), named here so that importing the package stays
+# light: `bnlab-figure --list` answers from a saved listing without importing torch (experiments.entry).
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 def figure_module(name: str) -> ModuleType:

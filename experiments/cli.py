@@ -33,6 +33,7 @@ from bnlab.launch.slurm import LaunchError, check_launcher, launchers
 from bnlab.util.devices import DeviceError
 from bnlab.util.files import atomic_write
 from experiments import figure_module, figure_names
+from experiments.lib.listing import listing_cache
 from experiments.lib.plotting import STYLE
 from experiments.lib.report import write_results
 from experiments.lib.runs import MissingRuns, changes_runs, load, sweep
@@ -61,19 +62,24 @@ def figure_costs(name: str) -> dict:
 
 
 def list_figures() -> None:
-    """Each figure: what it reproduces (its module's docstring) and its cost at each scale."""
-    print("bnlab-figure NAME [--scale smoke|paper] --train: the figures, what each reproduces, and the runs it\n"
-          "trains at each scale's default seeds, with their time on a 2-core CPU (two runs at a time; paper-scale\n"
-          "VGG is meant for a GPU). Figures share runs, so `all` costs less than the sum.\n")
+    """Each figure: what it reproduces (its module's docstring) and its cost at each scale. Saved where
+    experiments.entry finds it, so that the next listing needs none of this."""
+    lines = ["bnlab-figure NAME [--scale smoke|paper] --train: the figures, what each reproduces, and the runs it\n"
+             "trains at each scale's default seeds, with their time on a 2-core CPU (two runs at a time; paper-scale\n"
+             "VGG is meant for a GPU). Figures share runs, so `all` costs less than the sum.\n"]
+    print(lines[0], flush=True)
     for name in figure_names():
         about = figure_about(name)
-        print(name)
-        print(textwrap.fill(about, 110, initial_indent="    ", subsequent_indent="    "))
-        costs = figure_costs(name)
-        for scale, c in costs.items():
-            print(f"    {scale}: {c['runs']} runs ({c['seeds']} seed{'s' if c['seeds'] > 1 else ''}), "
-                  f"{c['steps']:,} steps, about {duration(c['cpu_seconds'] / 2)} on 2 CPU cores")
-        print(flush=True)
+        block = [name, textwrap.fill(about, 110, initial_indent="    ", subsequent_indent="    ")]
+        for scale, c in figure_costs(name).items():
+            block.append(f"    {scale}: {c['runs']} runs ({c['seeds']} seed{'s' if c['seeds'] > 1 else ''}), "
+                         f"{c['steps']:,} steps, about {duration(c['cpu_seconds'] / 2)} on 2 CPU cores")
+        block.append("")
+        print("\n".join(block), flush=True)
+        lines += block
+    saved = listing_cache()
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(saved, lambda p: p.write_text("\n".join(lines) + "\n"))
 
 
 def figure_about(name: str) -> str:
