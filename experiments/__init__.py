@@ -11,7 +11,7 @@ from pathlib import Path
 from types import ModuleType
 
 # The configs beside this package (bnlab.config.CONFIG_DIR), named here so that importing the package stays
-# light: `bnlab-figure --list` answers from a saved listing without importing torch (experiments.entry).
+# light: `bnlab-figure --list` answers from a saved listing without importing torch (experiments.lib.entry).
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 

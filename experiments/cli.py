@@ -63,7 +63,7 @@ def figure_costs(name: str) -> dict:
 
 def list_figures() -> None:
     """Each figure: what it reproduces (its module's docstring) and its cost at each scale. Saved where
-    experiments.entry finds it, so that the next listing needs none of this."""
+    experiments.lib.entry finds it, so that the next listing needs none of this."""
     lines = ["bnlab-figure NAME [--scale smoke|paper] --train: the figures, what each reproduces, and the runs it\n"
              "trains at each scale's default seeds, with their time on a 2-core CPU (two runs at a time; paper-scale\n"
              "VGG is meant for a GPU). Figures share runs, so `all` costs less than the sum.\n"]

@@ -47,7 +47,8 @@ def test_list_shows_each_figure_with_what_it_reproduces_and_its_cost(tmp_path, m
     figure_cli.main(["--list"])
     assert capsys.readouterr().out == out
     # and the whole listing is saved: `bnlab-figure --list` prints it again without importing torch or a figure
-    listed = subprocess.run([sys.executable, "-c", "import sys\nfrom experiments.entry import main\nmain(['--list'])\n"
+    listed = subprocess.run([sys.executable, "-c", "import sys\nfrom experiments.lib.entry import main\n"
+                             "main(['--list'])\n"
                              "sys.stderr.write(str(sorted(m for m in sys.modules if m.split('.')[0] in "
                              "('torch', 'hydra', 'matplotlib') or m.startswith('experiments.figure'))))"],
                             env={**os.environ, "BNLAB_CACHE": str(tmp_path)}, capture_output=True, text=True,

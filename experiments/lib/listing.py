@@ -1,4 +1,4 @@
-"""Where `bnlab-figure --list` saves its listing (experiments.cli writes it, experiments.entry reads it).
+"""Where `bnlab-figure --list` saves its listing (experiments.cli writes it, experiments.lib.entry reads it).
 Importing this module imports nothing heavy."""
 
 from __future__ import annotations
