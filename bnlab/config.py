@@ -59,8 +59,9 @@ def check_overrides(overrides) -> None:
         if override.startswith("+"):
             key, _, value = override.lstrip("+").partition("=")
             if not key.startswith(f"{EXTENSION_NAMESPACE}.") and not key.startswith(("hydra.", "hydra/")):
-                raise ConfigError(key, value, f"an existing key (check its spelling), or a key of your own under "
-                                              f"{EXTENSION_NAMESPACE}. (e.g. +{EXTENSION_NAMESPACE}.{key}={value})")
+                raise ConfigError(key, value, f"an existing key, set without + (check its spelling), or a key of "
+                                              f"your own under {EXTENSION_NAMESPACE}. "
+                                              f"(e.g. +{EXTENSION_NAMESPACE}.{key}={value})")
 
 
 def compose(overrides: list[str] | None = None, with_hydra: bool = False) -> DictConfig:

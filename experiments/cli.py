@@ -30,6 +30,7 @@ from bnlab.data.cifar10 import DataError
 from bnlab.launch.costs import COST_MODEL, estimated_seconds
 from bnlab.launch.plan import duration, fresh_runs, report_plan, train_missing
 from bnlab.launch.slurm import LaunchError, check_launcher, launchers
+from bnlab.store.checkpoint import CheckpointError
 from bnlab.util.devices import DeviceError
 from bnlab.util.files import atomic_write
 from experiments import figure_module, figure_names
@@ -180,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                           launcher_overrides, args.name, args.pack)
         for name in names:  # cfgs composed once, above: Hydra takes seconds per figure
             draw(name, args.scale, seeds, cfgs[name], args.out, changing)
-    except (MissingRuns, ConfigError, DataError, LaunchError, DeviceError) as exc:
+    except (MissingRuns, ConfigError, DataError, LaunchError, DeviceError, CheckpointError) as exc:
         print(f"bnlab-figure: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # every run in training has checkpointed at the step it was in

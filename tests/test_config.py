@@ -195,7 +195,7 @@ def test_deterministic_cuda_turns_the_cudnn_benchmark_off():
 
 def test_a_key_added_with_plus_is_refused_unless_it_is_ones_own_under_ext():
     for override in ("+train.stepz=100", "++optim.lrr=0.1"):
-        with pytest.raises(ConfigError, match=r"an existing key \(check its spelling\).*\+ext\."):
+        with pytest.raises(ConfigError, match=r"an existing key, set without \+ \(check its spelling\).*\+ext\."):
             compose([override])
     mine = compose(["+ext.note=warmup"])
     assert mine.ext.note == "warmup" and run_key(mine) != run_key(compose())  # part of the run's identity

@@ -63,8 +63,13 @@ def test_gaussian_data_and_losses_by_hand():
 
 
 def test_biased_dln_is_an_affine_map_per_layer_and_starts_at_zero_bias():
+    torch.manual_seed(0)
     model = build_model(compose(["model.bias=true", "model.depth=4"])).double()
     assert all(layer.bias.abs().sum() == 0 for _, layer in probes.numbered_layers(model))  # TF Dense's zeros
+    torch.manual_seed(0)  # and the same weights as without: the bias draws nothing from the generator
+    plain = build_model(compose(["model.depth=4"])).double()
+    for (_, biased), (_, unbiased) in zip(probes.numbered_layers(model), probes.numbered_layers(plain), strict=True):
+        assert torch.equal(biased.weight, unbiased.weight)
     with torch.no_grad():
         for _, layer in probes.numbered_layers(model):
             layer.bias.normal_()

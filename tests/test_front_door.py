@@ -153,6 +153,9 @@ def test_overrides_that_change_the_runs_never_overwrite_the_committed_results(tm
     assert figure_cli.main(["figure3", "--scale", "smoke", "--train", "norm=batch", "--out", str(tmp_path)]) == 2
     assert "figure figure3 sweeps norm over none,batch" in capsys.readouterr().err
     assert not list(tmp_path.rglob("*.json"))
+    # model= picks one model's panels of a figure that has both; on a one-model figure it would draw another
+    assert figure_cli.main(["figure1", "--scale", "smoke", "--train", "model=dln", "--out", str(tmp_path)]) == 2
+    assert "figure figure1 draws the vgg only" in capsys.readouterr().err
 
 
 def test_a_figure_drawn_with_overrides_says_so_in_its_readme(tmp_path):

@@ -143,6 +143,19 @@ def test_a_checkpoint_from_another_kind_of_device_is_refused_and_kept(tmp_path, 
     assert sorted(p.name for p in directory.rglob("*")) == before
 
 
+def test_a_checkpoint_from_before_the_device_key_counts_as_a_gpus_when_it_holds_a_cuda_generator(tmp_path,
+                                                                                                  monkeypatch):
+    directory = interrupted(tmp_path / "runs", monkeypatch, at_step=100)
+    current = directory / checkpoint.CURRENT
+    state = torch.load(current, weights_only=True)
+    del state["device_type"]
+    torch.save(state, current)  # a CPU run's, as written before the key
+    assert checkpoint.load(directory, _short_identity(), "cpu")[0]["step"] == 80
+    torch.save({**state, "cuda_rng": torch.zeros(16, dtype=torch.uint8)}, current)  # a GPU run's
+    with pytest.raises(checkpoint.CheckpointError, match="written on cuda"):
+        checkpoint.load(directory, _short_identity(), "cpu")
+
+
 def _short_identity():
     from bnlab.config import identity
 

@@ -190,7 +190,7 @@ def cmd_lookup(args) -> int:
     from bnlab.store import find_run, is_finished, read_summary, run_dir
 
     try:
-        cfg = compose(args.terms)
+        cfg = compose([*args.terms, *([f"runtime.runs_dir={args.runs}"] if args.runs else [])])
         validate(cfg)
     except ConfigError as exc:
         print(f"bnlab-runs: {exc}", file=sys.stderr)

@@ -50,7 +50,6 @@ def train_pool(containers: list[dict], jobs: int) -> None:
     if len(groups) < len(containers):
         print(f"  as {len(groups)} jobs: runs that differ only in their seed train stacked", flush=True)
     started = time.perf_counter()
-    check_processes_per_gpu(min(jobs, len(groups)), containers[0]["runtime"]["device"], f"--jobs {jobs}")
     if jobs == 1:
         results = (train_group(g) for g in groups)
     else:

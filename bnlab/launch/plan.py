@@ -15,7 +15,7 @@ from bnlab.data import cifar10
 from bnlab.launch.costs import estimated_seconds
 from bnlab.launch.local import train_pool
 from bnlab.launch.slurm import launch
-from bnlab.util.devices import resolve_device
+from bnlab.util.devices import check_processes_per_gpu, resolve_device
 
 
 def _trajectory(cfg) -> str:
@@ -106,6 +106,7 @@ def train_missing(cfgs, jobs: int, launcher: str = "local", launcher_overrides=(
     if launcher == "local":  # here, the device must work before any data is prepared (a task checks its own)
         for device in sorted({str(c.runtime.device) for c in todo.values()}):
             resolve_device(device)
+            check_processes_per_gpu(min(jobs, len(todo)), device, f"--jobs {jobs}")
     prepare_data(todo.values())
     where = f"{jobs} at a time" if launcher == "local" else f"{pack} per task of one job array, launcher {launcher}"
     print(f"{len(needed)} distinct runs needed: {len(stored)} already in the store, {len(twins)} to be served by a "

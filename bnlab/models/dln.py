@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from bnlab.norms import make_norm
@@ -15,7 +16,9 @@ class LinearBlock(nn.Module):
 
     def __init__(self, width: int, norm: nn.Module, bias: bool = False):
         super().__init__()
-        self.linear = nn.Linear(width, width, bias=bias)
+        self.linear = nn.Linear(width, width, bias=False)
+        if bias:  # zero, and added after construction: nn.Linear would draw a random one, shifting every later draw
+            self.linear.bias = nn.Parameter(torch.zeros(width))
         self.norm = norm
 
     def forward(self, x):
@@ -44,8 +47,6 @@ class DeepLinearNet(nn.Module):
         for block in self.blocks:
             # Glorot, as in the paper; init_gain scales it (calibration: the product of 25 maps grows as gain^25)
             nn.init.xavier_uniform_(block.linear.weight, gain=init_gain)
-            if bias:
-                nn.init.zeros_(block.linear.bias)
 
     def forward(self, x):
         return self.blocks(x)

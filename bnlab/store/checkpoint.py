@@ -88,7 +88,8 @@ def load(directory: Path, identity: dict, device_type: str | None = None) -> tup
             keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
             raise CheckpointError(f"{path} was written by a different config (differing keys: {', '.join(keys)}); "
                                   f"it will not be resumed. Delete {directory} to start the run afresh.")
-        written_on = state.get("device_type", "cpu")  # checkpoints from before the key: every one was a CPU's
+        # checkpoints from before the key: a CUDA generator state is saved on CUDA only
+        written_on = state.get("device_type") or ("cuda" if state.get("cuda_rng") is not None else "cpu")
         if device_type is not None and written_on != device_type:
             raise CheckpointError(
                 f"{path} was written on {written_on} and this process trains on {device_type}: resuming would "

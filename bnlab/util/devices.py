@@ -52,10 +52,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 def compute_modes() -> list[str]:
-    """Each visible GPU's compute mode as nvidia-smi names it ("Default", "Exclusive_Process", ...); [] when
-    nvidia-smi is not there."""
+    """The compute mode of the GPU this process trains on (the first of CUDA_VISIBLE_DEVICES, or GPU 0) as
+    nvidia-smi names it ("Default", "Exclusive_Process", ...); [] when nvidia-smi is not there."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip() or "0"
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=compute_mode", "--format=csv,noheader"],
+        out = subprocess.run(["nvidia-smi", "-i", visible, "--query-gpu=compute_mode", "--format=csv,noheader"],
                              capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.TimeoutExpired):
         return []

@@ -12,10 +12,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def listing_cache() -> Path:
     """The saved listing, named by a digest of everything it is made from: the configs, the figure modules
-    (what each reproduces) and the cost model."""
+    (what each reproduces) and the library (composing, planning, the cost model)."""
     digest = hashlib.sha256()
     sources = [*(ROOT / "configs").rglob("*.yaml"), *(ROOT / "experiments").rglob("*.py"),
-               ROOT / "bnlab" / "launch" / "costs.py"]
+               *(ROOT / "bnlab").rglob("*.py")]
     for path in sorted(sources):
         digest.update(str(path.relative_to(ROOT)).encode())
         digest.update(path.read_bytes())

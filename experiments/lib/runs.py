@@ -26,6 +26,10 @@ def sweep(name: str, scale: str, seeds: int, overrides: list[str] = ()) -> list[
     hydra_cfg = compose(base, with_hydra=True)
     params = {k: str(v) for k, v in (hydra_cfg.hydra.sweeper.params or {}).items()}
     given = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in overrides}
+    if "model" in given and "model" not in params:  # `model=` picks a figure's panels; this one has one model
+        own = compose([f"experiment={name}", f"scale={scale}"]).model.name
+        if given["model"] != own:
+            raise ConfigError("model", given["model"], f"{own}: figure {name} draws the {own} only")
     for key in set(given) & set(params):  # the figure compares these values: one alone leaves nothing to compare
         if key == "model" and given[key] in params[key].split(","):
             continue  # a figure draws each model's panels on their own: `model=dln` keeps the DLN's
@@ -47,7 +51,7 @@ def changes_runs(override: str) -> bool:
     """Whether an override changes what a figure's runs compute: anything but where and how they run
     (runtime, logger, hydra), where the data lives, and `model=`, which keeps one model's panels."""
     key = override.lstrip("+~").split("=", 1)[0]
-    neutral = key == "model" or key in [f"data.{k}" for k in DATA_LOCATION]
+    neutral = key in ("model", "data.eval.batch_size") or key in [f"data.{k}" for k in DATA_LOCATION]
     return key.split(".")[0].split("/")[0] not in NOT_IDENTITY and not neutral
 
 
