@@ -383,6 +383,8 @@ def _plot(curves, path: Path, plt, width: float) -> None:
             smooth = c.set_index("step")["accuracy"].rolling(20, min_periods=1).mean()
             ax.plot(smooth.index, smooth.values, color=colours[name], ls="-" if norm == "batch" else "--",
                     label=f"{name}, {'BN' if norm == 'batch' else 'standard'}")
+        if curves[curves.lr == lr].empty:
+            ax.text(0.5, 0.5, "not run at this length", ha="center", va="center", transform=ax.transAxes, color="0.4")
         ax.set_title(f"VGG16 width {width:g}, lr {lr:g}")
         ax.set_xlabel("step")
     axes[0].set_ylabel("training accuracy (%), 20-step mean")
