@@ -49,7 +49,8 @@ bench: setup  ## benchmarks, side by side with reference implementations, into r
 	$(BIN)/python scripts/bench.py
 
 # VGG16 at full width on this machine's device (hours on a CPU; the runs resume where they stopped); the
-# 500-step screen of the candidates between He and Glorot (README, Calibrating the baselines)
+# 500-step screen of the candidates between He and Glorot, and of the choice against He at the smoke width
+# (docs/calibration.md)
 VGG_SCREEN ?= glorot_x1.6_fc_head,he_x0.8_fc_head
 # the screen's choice by its rule, trained 1,500 steps; beside the paper's Fig 1a when PAPER_FIGURES names
 # the folder of the paper's figure crops (references/figures)
@@ -61,7 +62,8 @@ calibrate-vgg: setup  ## the VGG calibration study (full width: hours on a CPU) 
 	$(BIN)/python scripts/calibrate_vgg.py train --jobs $(JOBS) --threads 1
 	$(BIN)/python scripts/calibrate_vgg.py report
 	$(BIN)/python scripts/calibrate_vgg.py train --steps 500 --candidates $(VGG_SCREEN) --jobs $(JOBS) --threads 1
-	$(BIN)/python scripts/calibrate_vgg.py report --steps 500 --widths 1
+	$(BIN)/python scripts/calibrate_vgg.py train --steps 500 --width 0.125 --candidates he_normal_fc_head,$(VGG_LONG) --jobs $(JOBS) --threads 1
+	$(BIN)/python scripts/calibrate_vgg.py report --steps 500 --widths 1,0.125
 	$(BIN)/python scripts/calibrate_vgg.py train --steps 1500 --candidates $(VGG_LONG) --norms none --lrs 0.01,0.1 --jobs $(JOBS) --threads 1
 	$(BIN)/python scripts/calibrate_vgg.py train --steps 1500 --candidates $(VGG_LONG) --norms batch --lrs 0.1 --jobs $(JOBS) --threads 1
 	$(BIN)/python scripts/calibrate_vgg.py report --steps 1500 --widths 1 $(if $(PAPER_FIGURES),--paper-fig1 $(PAPER_FIGURES)/fig01.png)

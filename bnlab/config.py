@@ -31,6 +31,9 @@ PROBES = ("ics", "landscape", "activations", "bn_sigma", "hessian", "theorems")
 ADDED_PROBES = ("hessian", "theorems")
 # keys added after runs were stored, with the value those runs had: left out of the identity at that value
 ADDED_MODEL_KEYS = {"vgg": {"init_gain": 1.0}, "dln": {"bias": False}}
+# A scale's settings that a model key carries into the identity already (model.init: ${scale.vgg.init}); left
+# out of the scale's part, so that the runs stored before the scale set them keep their keys.
+CARRIED_SCALE_KEYS = {"vgg": ("init", "init_gain")}
 ADDED_DATA_KEYS = {"gaussian": {"target_spectrum": "gaussian"}}
 TARGET_SPECTRA = ("gaussian", "orthogonal")
 
@@ -273,6 +276,8 @@ def identity(cfg: DictConfig) -> dict:
     scale = container.get("scale", {})
     for other in [k for k, v in scale.items() if isinstance(v, dict) and k != model]:
         scale.pop(other)
+    for key in CARRIED_SCALE_KEYS.get(model, ()):
+        scale.get(model, {}).pop(key, None)
     return container
 
 

@@ -154,11 +154,14 @@ def test_vgg_defaults_follow_the_spec():
     assert (m.start, m.stop, m.num, m.spacing) == (0.5, 4.0, 8, "linear")
     assert compose(["model=vgg", "optim.lr_factor=5"]).optim.lr == pytest.approx(0.5)
     assert compose(["model=vgg", "data=cifar10_jpeg"]).data.source == "jpeg"
-    # calibrated (docs/calibration.md); the SPEC's literal reading is one override away
-    assert (cfg.model.init, cfg.model.head, cfg.model.conv_bias, data.input_scale) == (
-        "he_normal", "fc", "auto", "standardize")
-    assert build_model(compose(["model=vgg", "model.init=glorot_uniform", "model.width=0.125"])).features[0].conv \
-        .weight.abs().max() <= (6 / ((3 + 8) * 9)) ** 0.5
+    # calibrated (docs/calibration.md), the initialization per width; the SPEC's literal reading is one override away
+    assert (cfg.model.init, cfg.model.init_gain, cfg.model.head, cfg.model.conv_bias, data.input_scale) == (
+        "glorot_uniform", pytest.approx(1.6 ** 0.5), "fc", "auto", "standardize")
+    smoke = compose(["model=vgg", "scale=smoke"]).model
+    assert (smoke.init, smoke.init_gain) == ("he_normal", 1.0)
+    assert compose(["model=vgg", "scale=smoke", "scale.vgg.init=glorot_normal"]).model.init == "glorot_normal"
+    literal = build_model(compose(["model=vgg", "model.init=glorot_uniform", "model.init_gain=1", "model.width=0.125"]))
+    assert literal.features[0].conv.weight.abs().max() <= (6 / ((3 + 8) * 9)) ** 0.5
 
 
 def test_bnlab_train_reports_missing_data_without_a_traceback(tmp_path):
