@@ -7,6 +7,10 @@ PACK ?= 1
 ARGS ?=
 JOBS ?= $(shell nproc 2>/dev/null || echo 1)
 PYTHON ?= python3
+# TORCH=cpu: torch's CPU-only wheels (a few hundred MB) instead of PyPI's CUDA build (about 5.5 GB), from
+# pytorch.org's index; for a machine without a GPU. Any other value is taken as a pip index URL.
+TORCH ?=
+TORCH_INDEX := $(if $(filter cpu,$(TORCH)),https://download.pytorch.org/whl/cpu,$(TORCH))
 VENV := .venv
 BIN := $(VENV)/bin
 RUNS := $(or $(BNLAB_RUNS),runs)
@@ -21,7 +25,7 @@ help:  ## this list
 	@echo "FIGURE is one of: $$(cd configs/experiment && ls *.yaml | sed 's/\.yaml$$//' | tr '\n' ' ')"
 	@echo "(what each reproduces and what it costs: .venv/bin/bnlab-figure --list)"
 
-setup: $(VENV)/.installed  ## create .venv and install bnlab with its dev extras (every target does it first)
+setup: $(VENV)/.installed  ## create .venv and install bnlab with its dev extras [TORCH=cpu: CPU-only torch]
 
 # pip compiles every installed module to bytecode one file at a time (85 of its 139 s here); compileall does the
 # same on every core, after. A file or two that needs a newer Python's syntax fails to compile (torch ships
@@ -29,6 +33,7 @@ setup: $(VENV)/.installed  ## create .venv and install bnlab with its dev extras
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
+	$(if $(TORCH_INDEX),$(BIN)/pip install --no-compile torch torchvision --index-url $(TORCH_INDEX))
 	$(BIN)/pip install --no-compile -e ".[dev]"
 	$(BIN)/python -m compileall -qq -j 0 $(VENV)/lib || true
 	touch $@

@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import InterpolationKeyError
 
 from bnlab.data.cifar10 import SOURCES, resolve_source
 from bnlab.data.datasets import INPUT_SCALES
-from bnlab.models import MODELS, num_layers
-from bnlab.models.vgg import CONV_BIAS, HEADS, INITS, LAYOUTS
-from bnlab.norms import NORM_KINDS
+from bnlab.models import MODEL_FAMILIES, model_family, num_layers
+from bnlab.norms import NORMALIZATIONS
 from bnlab.probes.measurement import MODES
+from bnlab.util.checks import ConfigError, check, check_positive
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 NOT_IDENTITY = ("runtime", "logger", "experiment_name", "hydra")
@@ -41,14 +41,6 @@ if not OmegaConf.has_resolver("mul"):
     OmegaConf.register_new_resolver("mul", lambda a, b: float(a) * float(b))
 if not OmegaConf.has_resolver("imul"):  # a multiple of an interval in steps, an integer
     OmegaConf.register_new_resolver("imul", lambda a, b: int(a) * int(b))
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work; the message names the key, the value and what is allowed."""
-
-    def __init__(self, key: str, value, allowed: str):
-        super().__init__(f"invalid config: {key}={value!r}; allowed: {allowed}")
-        self.key, self.value, self.allowed = key, value, allowed
 
 
 # Keys of a user's own, added with `+ext.NAME=value` (part of the run's identity); any other new key is refused.
@@ -84,7 +76,17 @@ def compose(overrides: list[str] | None = None, with_hydra: bool = False) -> Dic
 def resolved(cfg: DictConfig) -> DictConfig:
     """A resolved, struct-mode copy without the hydra section. `data.source: auto` becomes the source
     actually found under data.root, so that it is part of the run's identity."""
-    container = OmegaConf.to_container(cfg, resolve=True)
+    try:
+        container = OmegaConf.to_container(cfg, resolve=True)
+    except InterpolationKeyError as err:
+        missing = str(err).split("'")[1] if "'" in str(err) else str(err)
+        if not missing.startswith("scale."):
+            raise
+        model = OmegaConf.select(cfg, "model.name")
+        raise ConfigError(err.full_key, f"${{{missing}}}",
+                          f"a setting of the scale for model {model}: {missing} is not in "
+                          f"configs/scale/{OmegaConf.select(cfg, 'scale.name')}.yaml (add it under {model}:, or "
+                          f"choose a dataset that model trains on)") from None
     container.pop("hydra", None)
     data = container.get("data", {})
     if data.get("source") == "auto":
@@ -92,18 +94,6 @@ def resolved(cfg: DictConfig) -> DictConfig:
     out = OmegaConf.create(container)
     OmegaConf.set_struct(out, True)
     return out
-
-
-def _check(ok: bool, key: str, value, allowed: str):
-    if not ok:
-        raise ConfigError(key, value, allowed)
-
-
-def _positive(cfg, key: str, integer: bool = False):
-    value = OmegaConf.select(cfg, key)
-    kind = int if integer else (int, float)
-    good = isinstance(value, kind) and not isinstance(value, bool) and value > 0 and math.isfinite(value)
-    _check(good, key, value, "a positive integer" if integer else "a positive number")
 
 
 # Every switch of the configs: true or false only (a string like "yes" would read as true).
@@ -116,62 +106,60 @@ def validate(cfg: DictConfig) -> None:
     """Fail fast, before any work, on values that cannot work."""
     for key in BOOLEANS:
         value = OmegaConf.select(cfg, key, default=None)
-        _check(value is None or isinstance(value, bool), key, value, "true or false")
-    _check(cfg.model.name in MODELS, "model.name", cfg.model.name, ", ".join(MODELS))
-    _check(cfg.norm.kind in NORM_KINDS, "norm.kind", cfg.norm.kind, ", ".join(NORM_KINDS))
-    _check(isinstance(cfg.seed, int) and cfg.seed >= 0, "seed", cfg.seed, "an integer >= 0")
-    _positive(cfg, "optim.lr")
-    _check(cfg.optim.momentum >= 0, "optim.momentum", cfg.optim.momentum, "a number >= 0")
-    _check(cfg.optim.weight_decay >= 0, "optim.weight_decay", cfg.optim.weight_decay, "a number >= 0")
-    _positive(cfg, "train.steps", integer=True)
-    _check(cfg.train.dtype in ("float32", "float64"), "train.dtype", cfg.train.dtype, "float32, float64")
-    _positive(cfg, "norm.eps")
-    _check(0 <= cfg.norm.momentum <= 1, "norm.momentum", cfg.norm.momentum, "a number in [0, 1]")
+        check(value is None or isinstance(value, bool), key, value, "true or false")
+    check(cfg.model.name in MODEL_FAMILIES, "model.name", cfg.model.name, ", ".join(MODEL_FAMILIES))
+    check(cfg.norm.kind in NORMALIZATIONS, "norm.kind", cfg.norm.kind, ", ".join(NORMALIZATIONS))
+    check(isinstance(cfg.seed, int) and cfg.seed >= 0, "seed", cfg.seed, "an integer >= 0")
+    check_positive(cfg, "optim.lr")
+    check(cfg.optim.momentum >= 0, "optim.momentum", cfg.optim.momentum, "a number >= 0")
+    check(cfg.optim.weight_decay >= 0, "optim.weight_decay", cfg.optim.weight_decay, "a number >= 0")
+    check_positive(cfg, "train.steps", integer=True)
+    check(cfg.train.dtype in ("float32", "float64"), "train.dtype", cfg.train.dtype, "float32, float64")
+    check_positive(cfg, "norm.eps")
+    check(0 <= cfg.norm.momentum <= 1, "norm.momentum", cfg.norm.momentum, "a number in [0, 1]")
     c = cfg.norm.noise.constants
-    _check(c.n_mu >= 0, "norm.noise.constants.n_mu", c.n_mu, "a number >= 0")
-    _check(c.n_sigma >= 1, "norm.noise.constants.n_sigma", c.n_sigma, "a number >= 1")
-    _check(c.r_mu >= 0, "norm.noise.constants.r_mu", c.r_mu, "a number >= 0")
-    _check(c.r_sigma >= 0, "norm.noise.constants.r_sigma", c.r_sigma, "a number >= 0")
-    if cfg.model.name == "vgg":
-        _validate_vgg(cfg)
-    if cfg.model.name == "dln":
-        _positive(cfg, "model.width", integer=True)
-        _positive(cfg, "model.depth", integer=True)
-        _positive(cfg, "model.init_gain")
-        _check(cfg.data.target_spectrum in TARGET_SPECTRA, "data.target_spectrum", cfg.data.target_spectrum,
-               ", ".join(TARGET_SPECTRA))
-        _positive(cfg, "data.num_samples", integer=True)
-        _positive(cfg, "data.input_std")
-        _positive(cfg, "data.target_std")
-        _check(cfg.data.loss in ("sum", "half_sum", "mean"), "data.loss", cfg.data.loss, "sum, half_sum, mean")
+    check(c.n_mu >= 0, "norm.noise.constants.n_mu", c.n_mu, "a number >= 0")
+    check(c.n_sigma >= 1, "norm.noise.constants.n_sigma", c.n_sigma, "a number >= 1")
+    check(c.r_mu >= 0, "norm.noise.constants.r_mu", c.r_mu, "a number >= 0")
+    check(c.r_sigma >= 0, "norm.noise.constants.r_sigma", c.r_sigma, "a number >= 0")
+    family = model_family(cfg.model.name)
+    check(cfg.data.name in family.datasets, "data", cfg.data.name,
+          f"{', '.join(family.datasets)} ({cfg.model.name} trains on {' or '.join(family.datasets)})")
+    family.validate(cfg)
+    DATA_CHECKS[cfg.data.name](cfg)
     _validate_probes(cfg, num_layers(cfg))
     _validate_runtime(cfg)
 
 
-def _validate_vgg(cfg):
-    _check(cfg.data.name == "cifar10", "data", cfg.data.name, "cifar10, cifar10_jpeg (VGG trains on CIFAR-10)")
-    _check(cfg.model.depth in LAYOUTS, "model.depth", cfg.model.depth, ", ".join(LAYOUTS))
-    _positive(cfg, "model.width")
-    _check(cfg.model.init in INITS, "model.init", cfg.model.init, ", ".join(INITS))
-    _positive(cfg, "model.init_gain")
-    _check(cfg.model.head in HEADS, "model.head", cfg.model.head, ", ".join(HEADS))
-    _check(cfg.model.conv_bias in CONV_BIAS, "model.conv_bias", cfg.model.conv_bias, "auto, true, false")
-    _check(cfg.data.input_scale in INPUT_SCALES, "data.input_scale", cfg.data.input_scale, ", ".join(INPUT_SCALES))
-    _check(cfg.data.source in SOURCES, "data.source", cfg.data.source, ", ".join(SOURCES))
-    _positive(cfg, "data.batch_size", integer=True)
-    _positive(cfg, "data.eval.every", integer=True)
-    _positive(cfg, "data.eval.batch_size", integer=True)
+def _validate_cifar10(cfg):
+    check(cfg.data.input_scale in INPUT_SCALES, "data.input_scale", cfg.data.input_scale, ", ".join(INPUT_SCALES))
+    check(cfg.data.source in SOURCES, "data.source", cfg.data.source, ", ".join(SOURCES))
+    check_positive(cfg, "data.batch_size", integer=True)
+    check_positive(cfg, "data.eval.every", integer=True)
+    check_positive(cfg, "data.eval.batch_size", integer=True)
     for key in ("data.train_subset", "data.eval.train_examples", "data.eval.test_examples"):
         if OmegaConf.select(cfg, key) is not None:
-            _positive(cfg, key, integer=True)
+            check_positive(cfg, key, integer=True)
     subset = cfg.data.train_subset
-    _check(subset is None or subset >= cfg.data.batch_size, "data.train_subset", subset,
-           f"null or at least data.batch_size ({cfg.data.batch_size}) images")
+    check(subset is None or subset >= cfg.data.batch_size, "data.train_subset", subset,
+          f"null or at least data.batch_size ({cfg.data.batch_size}) images")
+
+
+def _validate_gaussian(cfg):
+    check(cfg.data.target_spectrum in TARGET_SPECTRA, "data.target_spectrum", cfg.data.target_spectrum,
+          ", ".join(TARGET_SPECTRA))
+    check_positive(cfg, "data.num_samples", integer=True)
+    check_positive(cfg, "data.input_std")
+    check_positive(cfg, "data.target_std")
+    check(cfg.data.loss in ("sum", "half_sum", "mean"), "data.loss", cfg.data.loss, "sum, half_sum, mean")
+
+
+DATA_CHECKS = {"cifar10": _validate_cifar10, "gaussian": _validate_gaussian}
 
 
 def _validate_probes(cfg, layers: int):
     p = cfg.probes
-    _positive(cfg, "probes.every", integer=True)
+    check_positive(cfg, "probes.every", integer=True)
     layer_sets = [("probes.ics.layers", p.ics.layers, p.ics.enabled),
                   ("probes.activations.layers", p.activations.layers, p.activations.enabled)]
     for key, value, enabled in layer_sets:
@@ -180,43 +168,43 @@ def _validate_probes(cfg, layers: int):
         good = isinstance(value, ListConfig | list) and len(value) > 0 and all(
             isinstance(v, int) and 1 <= v <= layers for v in value)
         allowed = f"'all' or a list of layer numbers from 1 to {layers} (this model's conv/linear layers)"
-        _check(good, key, value, allowed)
+        check(good, key, value, allowed)
     m = p.landscape.multipliers
-    _check(p.landscape.direction in ("gradient", "random"), "probes.landscape.direction", p.landscape.direction,
+    check(p.landscape.direction in ("gradient", "random"), "probes.landscape.direction", p.landscape.direction,
            "gradient, random")
-    _check(m.spacing in ("linear", "log"), "probes.landscape.multipliers.spacing", m.spacing, "linear, log")
-    _check(isinstance(m.start, int | float) and m.start > 0, "probes.landscape.multipliers.start", m.start,
+    check(m.spacing in ("linear", "log"), "probes.landscape.multipliers.spacing", m.spacing, "linear, log")
+    check(isinstance(m.start, int | float) and m.start > 0, "probes.landscape.multipliers.start", m.start,
            "a number > 0")
-    _check(isinstance(m.stop, int | float) and m.stop >= m.start, "probes.landscape.multipliers.stop", m.stop,
+    check(isinstance(m.stop, int | float) and m.stop >= m.start, "probes.landscape.multipliers.stop", m.stop,
            f"a number >= start ({m.start})")
-    _positive(cfg, "probes.landscape.multipliers.num", integer=True)
-    _positive(cfg, "probes.landscape.early.every", integer=True)
+    check_positive(cfg, "probes.landscape.multipliers.num", integer=True)
+    check_positive(cfg, "probes.landscape.early.every", integer=True)
     until = p.landscape.early.until
-    _check(isinstance(until, int | float) and 0 <= until <= 1, "probes.landscape.early.until", until,
+    check(isinstance(until, int | float) and 0 <= until <= 1, "probes.landscape.early.until", until,
            "a fraction of the run in [0, 1] (0: no early window)")
-    _positive(cfg, "probes.activations.units", integer=True)
+    check_positive(cfg, "probes.activations.units", integer=True)
     q = p.activations.quantiles
-    _check(len(q) > 0 and all(0 <= v <= 1 for v in q), "probes.activations.quantiles", list(q), "numbers in [0, 1]")
+    check(len(q) > 0 and all(0 <= v <= 1 for v in q), "probes.activations.quantiles", list(q), "numbers in [0, 1]")
     h = p.hessian
-    _check(isinstance(h.enabled, bool), "probes.hessian.enabled", h.enabled, "true or false")
+    check(isinstance(h.enabled, bool), "probes.hessian.enabled", h.enabled, "true or false")
     if h.enabled:
-        _positive(cfg, "probes.hessian.every", integer=True)
-        _positive(cfg, "probes.hessian.k", integer=True)
+        check_positive(cfg, "probes.hessian.every", integer=True)
+        check_positive(cfg, "probes.hessian.k", integer=True)
         modes = list(h.modes) if isinstance(h.modes, ListConfig | list) else h.modes
         good = isinstance(modes, list) and 0 < len(modes) == len(set(modes)) and set(modes) <= set(MODES)
-        _check(good, "probes.hessian.modes", modes,
+        check(good, "probes.hessian.modes", modes,
                "a list of train (batch statistics) and/or eval (running statistics)")
-        _check(isinstance(h.iterations, int) and h.iterations >= h.k, "probes.hessian.iterations", h.iterations,
+        check(isinstance(h.iterations, int) and h.iterations >= h.k, "probes.hessian.iterations", h.iterations,
                f"an integer >= probes.hessian.k ({h.k})")
-        _positive(cfg, "probes.hessian.tolerance")
-        _check(isinstance(h.trace_samples, int) and h.trace_samples >= 0, "probes.hessian.trace_samples",
+        check_positive(cfg, "probes.hessian.tolerance")
+        check(isinstance(h.trace_samples, int) and h.trace_samples >= 0, "probes.hessian.trace_samples",
                h.trace_samples, "an integer >= 0 (0: no trace)")
     t = p.theorems
-    _check(isinstance(t.enabled, bool), "probes.theorems.enabled", t.enabled, "true or false")
+    check(isinstance(t.enabled, bool), "probes.theorems.enabled", t.enabled, "true or false")
     if t.enabled:
-        _positive(cfg, "probes.theorems.every", integer=True)
-        _positive(cfg, "probes.theorems.units", integer=True)
-        _check(isinstance(t.tolerance, int | float) and 0 <= t.tolerance < 1, "probes.theorems.tolerance",
+        check_positive(cfg, "probes.theorems.every", integer=True)
+        check_positive(cfg, "probes.theorems.units", integer=True)
+        check(isinstance(t.tolerance, int | float) and 0 <= t.tolerance < 1, "probes.theorems.tolerance",
                t.tolerance, "a number in [0, 1)")
 
 
@@ -226,24 +214,24 @@ def _validate_runtime(cfg):
     good = device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
     # Whether CUDA works is checked where the run trains (bnlab.util.devices), not here: a login node
     # without a GPU validates the runs it submits to GPU nodes.
-    _check(good, "runtime.device", device, "auto, cpu, cuda, cuda:N")
-    _check(r.threads is None or (isinstance(r.threads, int) and r.threads > 0), "runtime.threads", r.threads,
+    check(good, "runtime.device", device, "auto, cpu, cuda, cuda:N")
+    check(r.threads is None or (isinstance(r.threads, int) and r.threads > 0), "runtime.threads", r.threads,
            "null or a positive integer")
-    _positive(cfg, "runtime.log_every", integer=True)
-    _check(r.tf32 == "auto" or isinstance(r.tf32, bool), "runtime.tf32", r.tf32, "auto, true or false")
+    check_positive(cfg, "runtime.log_every", integer=True)
+    check(r.tf32 == "auto" or isinstance(r.tf32, bool), "runtime.tf32", r.tf32, "auto, true or false")
     for key in ("compile", "cudnn_benchmark", "deterministic", "stack_seeds"):
-        _check(isinstance(r[key], bool), f"runtime.{key}", r[key], "true or false")
-    _check(r.channels_last in ("auto", True, False), "runtime.channels_last", r.channels_last, "auto, true or false")
+        check(isinstance(r[key], bool), f"runtime.{key}", r[key], "true or false")
+    check(r.channels_last in ("auto", True, False), "runtime.channels_last", r.channels_last, "auto, true or false")
     if r.checkpoint_every is not None:
-        _positive(cfg, "runtime.checkpoint_every", integer=True)
-    _positive(cfg, "logger.wandb.every_n_steps", integer=True)
+        check_positive(cfg, "runtime.checkpoint_every", integer=True)
+    check_positive(cfg, "logger.wandb.every_n_steps", integer=True)
 
 
 def tf32(cfg: DictConfig) -> bool:
     """Whether CUDA matmuls and convolutions may use TF32 (`runtime.tf32`). `auto`: for VGG, not for the DLN,
     whose 25-map product amplifies TF32's rounding into a different trajectory: emulated on a CPU, 2,000 smoke
     steps of the standard DLN ended as far from fp32's loss as another seed's (issue 27)."""
-    return cfg.model.name != "dln" if cfg.runtime.tf32 == "auto" else bool(cfg.runtime.tf32)
+    return model_family(cfg.model.name).tf32 if cfg.runtime.tf32 == "auto" else bool(cfg.runtime.tf32)
 
 
 def cuda_settings(cfg: DictConfig) -> dict:
@@ -321,3 +309,26 @@ def run_key(cfg: DictConfig) -> str:
     digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:10]
     norm = cfg.norm.kind + ("+noise" if cfg.norm.noise.enabled else "")
     return f"{cfg.model.name}-{norm}-lr{cfg.optim.lr:g}-seed{cfg.seed}-{digest}"
+
+
+def load_plugins() -> list[str]:
+    """Import the modules named in BNLAB_PLUGINS (comma-separated, importable from the working directory or
+    the environment): a user's own normalizations and model families, registered there with
+    bnlab.norms.register_norm and bnlab.models.register_model, then exist in every process of a run or a
+    sweep (each imports this module first). docs/extending.md."""
+    import importlib
+    import sys
+
+    names = [n.strip() for n in os.environ.get("BNLAB_PLUGINS", "").split(",") if n.strip()]
+    if names and "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise ImportError(f"BNLAB_PLUGINS names {name!r}, which cannot be imported ({err}); fix the name or "
+                              f"run from the folder that holds it") from err
+    return names
+
+
+load_plugins()

@@ -1,4 +1,5 @@
-"""Normalization layers of SPEC section 2: none, batch, noisy batch, and l1 / l2 / l-inf.
+"""Normalization layers of SPEC section 2: none, batch, noisy batch, and l1 / l2 / l-inf; and the registry
+that declares each one once (`register_norm`, `NORMALIZATIONS`).
 
 Every layer normalizes per unit: per feature for (N, C) inputs, per channel over the batch and
 spatial dimensions for (N, C, H, W) inputs. Layers with statistics keep running estimates for
@@ -8,12 +9,58 @@ evaluation mode, updated with `momentum` as in torch.nn.BatchNorm.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-NORM_KINDS = ("none", "batch", "l1", "l2", "linf")
+
+@dataclass(frozen=True)
+class Normalization:
+    """Everything the suite knows of one normalization (`norm.kind`), declared once with `register_norm`.
+
+    build(num_features, momentum=, eps=, center_before_norm=, noise=) returns the layer between a conv or
+    linear layer and its nonlinearity; `noise` is a BatchNoise to apply to its output, or None.
+    """
+
+    name: str
+    build: Callable[..., nn.Module]
+    label: str                      # figure legends ("Standard + BatchNorm")
+    color: str                      # a matplotlib colour
+    linestyle: str = "-"
+    noisy_label: str = ""           # the legend with noisy-BatchNorm noise on its output (norm.noise.enabled)
+    noisy_color: str = "tab:gray"
+    # Its form on S stacked runs' units ((S, width, N) inputs; parameters and statistics (S, width)), built as
+    # build_stacked((S, width), momentum=, eps=, center_before_norm=); None: the DLN's seeds train one by one
+    # (bnlab.models.dln_stack).
+    build_stacked: Callable[..., nn.Module] | None = None
+    # Normalizes by batch statistics with a learnable scale (gamma y-hat + beta): the probes of BatchNorm's
+    # own quantities (bn_sigma, theorems) apply, and the Hessian's batch and running modes differ.
+    batch_statistics: bool = False
+    # The measured norm whose step time plans this one's runs (bnlab.launch.costs) until it is measured itself.
+    cost_as: str = "batch"
+
+
+NORMALIZATIONS: dict[str, Normalization] = {}
+
+
+def register_norm(norm: Normalization) -> Normalization:
+    """Declare a normalization: `norm=NAME` (or `norm.kind=NAME`) then trains with it, every probe that
+    applies measures it, and figures draw it in its style. The paper's claims keep their own sets."""
+    if norm.name in NORMALIZATIONS and NORMALIZATIONS[norm.name] != norm:
+        raise ValueError(f"normalization {norm.name!r} is registered already")
+    NORMALIZATIONS[norm.name] = norm
+    return norm
+
+
+def normalization(kind: str) -> Normalization:
+    try:
+        return NORMALIZATIONS[kind]
+    except KeyError:
+        raise ValueError(f"norm.kind: unknown normalization {kind!r}; allowed: {', '.join(NORMALIZATIONS)}") \
+            from None
 
 
 def _unit_dims(x: torch.Tensor) -> list[int]:
@@ -249,6 +296,29 @@ class LpNorm(_AffineNorm):
         return f"{super().extra_repr()}, p={self.p}, center_before_norm={self.center_before_norm}"
 
 
+class StackedBatchNorm(BatchNorm):
+    """bnlab's BatchNorm on each of S runs' units (parameters and statistics (S, width)), through torch's
+    fused kernel on all S * width units at once."""
+
+    def forward(self, h):
+        runs, width, n = h.shape
+        units = runs * width
+        return F.batch_norm(h.view(1, units, n), self.running_mean.view(units), self.running_var.view(units),
+                            self.weight.view(units), self.bias.view(units), self.training, self.momentum,
+                            self.eps).view(runs, width, n)
+
+
+class StackedLpNorm(LpNorm):
+    """bnlab's l_p normalization on each of S runs' units (parameters and statistics (S, width)): the same
+    forward, with a unit's statistics over the last (sample) dimension."""
+
+    def _statistics_dims(self, x):
+        return [-1]
+
+    def _expand(self, v, x):
+        return v[..., None]
+
+
 def make_norm(kind: str, num_features: int, *, momentum: float = 0.1, eps: float = 1e-5,
               center_before_norm: bool = False, noise: dict | None = None) -> nn.Module:
     """Build the layer that sits between a conv/linear layer and its nonlinearity.
@@ -257,11 +327,45 @@ def make_norm(kind: str, num_features: int, *, momentum: float = 0.1, eps: float
     output; with kind "none" that is noise on the raw pre-activations (paper, section 2.1).
     """
     noise_layer = BatchNoise(**noise) if noise else None
-    if kind == "none":
-        return noise_layer if noise_layer is not None else nn.Identity()
-    if kind == "batch":
-        return BatchNorm(num_features, momentum, eps, noise_layer)
-    p = {"l1": 1.0, "l2": 2.0, "linf": math.inf}.get(kind)
-    if p is None:
-        raise ValueError(f"unknown normalization kind {kind!r}; allowed: {', '.join(NORM_KINDS)}")
-    return LpNorm(num_features, p, center_before_norm, momentum, eps, noise_layer)
+    return normalization(kind).build(num_features, momentum=momentum, eps=eps,
+                                     center_before_norm=center_before_norm, noise=noise_layer)
+
+
+def _no_norm(num_features, *, noise, **_):
+    return noise if noise is not None else nn.Identity()
+
+
+def _batch_norm(num_features, *, momentum, eps, noise, **_):
+    return BatchNorm(num_features, momentum, eps, noise)
+
+
+def _lp_norm(p: float):
+    def build(num_features, *, momentum, eps, center_before_norm, noise):
+        return LpNorm(num_features, p, center_before_norm, momentum, eps, noise)
+    return build
+
+
+def _stacked_none(shape, **_):
+    return nn.Identity()
+
+
+def _stacked_batch_norm(shape, *, momentum, eps, **_):
+    return StackedBatchNorm(shape, momentum, eps)
+
+
+def _stacked_lp_norm(p: float):
+    def build(shape, *, momentum, eps, center_before_norm):
+        return StackedLpNorm(shape, p, center_before_norm, momentum, eps)
+    return build
+
+
+# The paper's normalizations, in its colours where it has them; l_p dashed, as in its figures 11-13.
+register_norm(Normalization("none", _no_norm, "Standard", "tab:red", noisy_label="Standard + noise (no BN)",
+                            noisy_color="tab:gray", build_stacked=_stacked_none, cost_as="none"))
+register_norm(Normalization("batch", _batch_norm, "Standard + BatchNorm", "tab:blue",
+                            noisy_label='Standard + "Noisy" BatchNorm', noisy_color="tab:orange",
+                            build_stacked=_stacked_batch_norm, batch_statistics=True))
+for _name, _p, _label, _color in (("l1", 1.0, "L1", "tab:green"), ("l2", 2.0, "L2", "tab:purple"),
+                                  ("linf", math.inf, "L∞", "tab:pink")):
+    register_norm(Normalization(_name, _lp_norm(_p), f"Standard + {_label}", _color, "--",
+                                build_stacked=_stacked_lp_norm(_p), cost_as=_name))

@@ -9,7 +9,7 @@ import numpy as np
 
 from experiments.lib.claims import Band, by_seed, compare, judged, per_seed, seeds_of
 from experiments.lib.plotting import caption, steps_axis
-from experiments.lib.runs import by_model, select
+from experiments.lib.runs import by_model, models_in, select
 
 ORDER = 15  # its place in the paper: after the figures, section 4
 
@@ -22,7 +22,7 @@ def layer_table(run, stat):
 
 
 def draw(runs, path):
-    models = [m for m in ("vgg", "dln") if by_model(runs, m)]
+    models = models_in(runs)
     fig, axes = plt.subplots(len(models), len(PANELS), figsize=(12, 3.9 * len(models)), squeeze=False)
     cmap = plt.get_cmap("viridis")
     for row, model in zip(axes, models, strict=True):
@@ -56,7 +56,7 @@ RATIO_BAND = Band(1.05)  # a median ratio within 5% of 1: a tie
 
 def claims(runs):
     out = []
-    for model in ("vgg", "dln"):
+    for model in models_in(runs):
         chosen = select(by_model(runs, model), norm="batch")
         if not chosen:
             continue

@@ -8,7 +8,7 @@ import numpy as np
 
 from experiments.lib.claims import Band, Quantity, all_of, compare, judged, per_seed, seeds_of
 from experiments.lib.plotting import NORM_STYLE, accuracy_panel, bands_caption, caption, mean_band, steps_axis
-from experiments.lib.runs import by_model, select
+from experiments.lib.runs import by_model, models_in, select
 
 ORDER = 3  # its place in the paper: Figure 3
 
@@ -17,7 +17,7 @@ NORMS = ("none", "batch")
 
 
 def draw(runs, path):
-    rows = [(model, lr) for model in ("vgg", "dln") for lr in sorted({r.cfg.optim.lr for r in by_model(runs, model)},
+    rows = [(model, lr) for model in models_in(runs) for lr in sorted({r.cfg.optim.lr for r in by_model(runs, model)},
                                                                        reverse=True)]
     # One subfigure per (model, lr) row, laid out by constrained layout: titles and axis labels of
     # neighbouring rows never overlap, and no empty band is left under the title.

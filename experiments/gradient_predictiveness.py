@@ -9,7 +9,7 @@ import numpy as np
 from experiments.lib.claims import by_seed, judged, seeds_of
 from experiments.lib.landscape import BAND_TEXT, UPPER, compare_landscape
 from experiments.lib.plotting import NORM_STYLE, caption
-from experiments.lib.runs import by_model, select
+from experiments.lib.runs import by_model, models_in, select
 
 ORDER = 11  # its place in the paper: Figure 11
 
@@ -19,7 +19,7 @@ PAPER = {"vgg": "Fig 11a: standard up to about 250, BN mostly below about 40",
 
 
 def draw(runs, path):
-    models = [m for m in ("vgg", "dln") if by_model(runs, m)]
+    models = models_in(runs)
     fig, axes = plt.subplots(len(models), 2, figsize=(11, 4 * len(models)), squeeze=False, layout="constrained")
     cmap = plt.get_cmap("coolwarm")
     for row, model in zip(axes, models, strict=True):
@@ -51,7 +51,7 @@ def draw(runs, path):
 
 def claims(runs):
     out = []
-    for model in ("vgg", "dln"):
+    for model in models_in(runs):
         chosen = by_model(runs, model)
         if not chosen:
             continue

@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt
 
 from experiments.lib.activations import ridge
 from experiments.lib.claims import by_seed
-from experiments.lib.plotting import EVERY_NORM, NORM_STYLE
+from experiments.lib.plotting import LP_FIGURE_NORMS, NORM_STYLE
 from experiments.lib.runs import select
 
 ORDER = 6  # its place in the paper: Figure 6
@@ -15,8 +15,8 @@ LAYER = 11
 
 
 def draw(runs, path):
-    fig, axes = plt.subplots(1, len(EVERY_NORM), figsize=(3.6 * len(EVERY_NORM), 4.2))
-    for ax, norm in zip(axes, EVERY_NORM, strict=True):
+    fig, axes = plt.subplots(1, len(LP_FIGURE_NORMS), figsize=(3.6 * len(LP_FIGURE_NORMS), 4.2))
+    for ax, norm in zip(axes, LP_FIGURE_NORMS, strict=True):
         run = by_seed(select(runs, norm=norm))[0]
         unit = ridge(ax, run, LAYER, NORM_STYLE[norm][1], count=10)
         ax.set_title(f"{NORM_STYLE[norm][0]} (seed {run.cfg.seed}, unit {unit})", fontsize=9)

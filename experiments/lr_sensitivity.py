@@ -8,7 +8,7 @@ import numpy as np
 
 from experiments.lib.claims import Band, Quantity, compare, final_train_accuracy, judged, seeds_of
 from experiments.lib.plotting import NORM_STYLE, caption, seeds_in
-from experiments.lib.runs import by_model, select
+from experiments.lib.runs import by_model, classifies, models_in, select
 
 ORDER = 14  # its place in the paper: after the figures, section 3.1
 
@@ -18,9 +18,9 @@ ACCURACY = 20.0  # VGG: final training accuracy (%) above this
 
 
 def outcome(run):
-    """(final value or nan if diverged, trains): final training loss (DLN) or accuracy (VGG)."""
+    """(final value or nan if diverged, trains): final training accuracy (a classifier: VGG) or loss (the DLN)."""
     diverged = run.summary.get("status") == "diverged"
-    if run.cfg.model.name == "vgg":
+    if classifies(run):
         final = final_train_accuracy(run)
         return final, bool(not diverged and final > ACCURACY)
     final = run.summary.get("final_loss")
@@ -31,14 +31,14 @@ def outcome(run):
 def describe(runs) -> str:
     finals = [outcome(r)[0] for r in runs]
     ok = [f for f in finals if np.isfinite(f)]
-    text = Quantity(ok, geometric=runs[0].cfg.model.name != "vgg").text() if ok else ""
+    text = Quantity(ok, geometric=not classifies(runs[0])).text() if ok else ""
     if len(ok) < len(finals):
         text += f"{', ' if ok else ''}{len(finals) - len(ok)}/{len(finals)} diverged"
     return text
 
 
 def draw_panel(ax, runs):
-    vgg = runs[0].cfg.model.name == "vgg"
+    vgg = classifies(runs[0])  # accuracy, on linear axes
     lrs = sorted({r.cfg.optim.lr for r in runs})
     marker_y = 5 if vgg else max(r.series("loss").iloc[0] for r in runs) * 3
     for norm in NORMS:
@@ -65,7 +65,7 @@ def draw_panel(ax, runs):
 
 
 def draw(runs, path):
-    models = [m for m in ("vgg", "dln") if by_model(runs, m)]
+    models = models_in(runs)
     fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 4.2), squeeze=False)
     for ax, model in zip(axes[0], models, strict=True):
         draw_panel(ax, by_model(runs, model))
@@ -93,13 +93,14 @@ def model_claim(runs):
     seeds = seeds_of(runs)
     largest = {n: Quantity([largest_training_lr(select(runs, norm=n, seed=s), lrs) for s in seeds], geometric=True)
                for n in NORMS}
-    what = "accuracy" if model == "vgg" else "loss"
+    accuracy = classifies(runs[0])
+    what = "accuracy" if accuracy else "loss"
     text = "; ".join(f"{NORM_STYLE[n][0]}: largest lr that trains {largest[n].text()} (per seed: "
                      f"{', '.join(f'{v:g}' for v in largest[n].per_seed)})" for n in NORMS)
     text += f"; final training {what} standard vs BN by lr: " + ", ".join(
         f"{lr:g}: {describe(select(runs, norm='none', lr=lr))} vs {describe(select(runs, norm='batch', lr=lr))}"
         for lr in lrs)
-    trains = (f"ends above {ACCURACY:g}% training accuracy" if model == "vgg"
+    trains = (f"ends above {ACCURACY:g}% training accuracy" if accuracy
               else f"ends at or below {PROGRESS:g}x its initial loss")
     return judged(f"{model.upper()}: BatchNorm trains at larger learning rates than standard",
                   "Sec 3.1: 'This, in turn, enables us to use a broader range of (and thus larger) learning rates'",
@@ -111,4 +112,4 @@ def model_claim(runs):
                   {"none": largest["none"], "batch": largest["batch"]},
                   lambda v: compare(v["batch"], ">", v["none"], LR_BAND), seeds)
 def claims(runs):
-    return [model_claim(by_model(runs, m)) for m in ("vgg", "dln") if by_model(runs, m)]
+    return [model_claim(by_model(runs, m)) for m in models_in(runs)]

@@ -1,4 +1,4 @@
-"""The README's claim tables, from a results folder's claims.json: one row per claim with the paper's value,
+"""The claim tables of docs/results.md, from a results folder's claims.json: one row per claim with the paper's value,
 what was measured (means with their spread over seeds), each seed's outcome and the verdict.
 
     python scripts/claims_table.py results/smoke/claims.json [--figures figure1,figure2]

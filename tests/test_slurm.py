@@ -23,7 +23,7 @@ from experiments.lib.runs import sweep
 pytestmark = pytest.mark.slurm
 SCRIPT = Path(__file__).parents[1] / "scripts" / "slurm-local.sh"
 # The local node has no GPU, 2 CPUs and less memory than the slurm launcher's default asks for:
-# configs/hydra/launcher/slurm_local.yaml asks for what it has (the README's recipe).
+# configs/hydra/launcher/slurm_local.yaml asks for what it has (docs/slurm.md's recipe).
 
 
 @pytest.fixture(scope="session")

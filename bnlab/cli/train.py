@@ -48,8 +48,8 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 def _announce(cfg: DictConfig) -> None:
     """Say what is about to train, the scale included (the default is the paper's), and warn first when a
-    full-width VGG16 would train on a CPU: hours, where scale=smoke takes minutes."""
-    from bnlab.launch.costs import estimated_seconds
+    run of hours would train on a CPU (a full-width VGG16), where scale=smoke takes minutes."""
+    from bnlab.launch.costs import SLOW_ON_CPU_SECONDS, estimated_seconds
     from bnlab.launch.plan import duration
     from bnlab.util.devices import resolve_device
 
@@ -57,9 +57,9 @@ def _announce(cfg: DictConfig) -> None:
     norm = cfg.norm.kind + ("+noise" if cfg.norm.noise.enabled else "")
     print(f"bnlab-train: scale={cfg.scale.name} model={cfg.model.name} norm={norm} optim.lr={cfg.optim.lr:g} "
           f"seed={cfg.seed}, {cfg.train.steps:,} steps -> {store.run_dir(cfg)}", file=sys.stderr, flush=True)
-    if cfg.model.name == "vgg" and cfg.model.width >= 0.5 and resolve_device(cfg.runtime.device).type == "cpu":
-        print(f"bnlab-train: warning: a VGG16 at width {cfg.model.width:g} on the CPU (no GPU here): about "
-              f"{duration(estimated_seconds(cfg))}. scale=smoke trains a narrow one in minutes; Ctrl-C stops "
+    if resolve_device(cfg.runtime.device).type == "cpu" and estimated_seconds(cfg) > SLOW_ON_CPU_SECONDS:
+        print(f"bnlab-train: warning: this run trains on the CPU (no GPU here) for about "
+              f"{duration(estimated_seconds(cfg))}. scale=smoke trains a smaller one in minutes; Ctrl-C stops "
               f"this one (checkpointed).", file=sys.stderr, flush=True)
 
 

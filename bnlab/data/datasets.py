@@ -172,6 +172,14 @@ def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.
     return padded[batch, channel, rows, cols]
 
 
+DATASETS = {"gaussian": GaussianRegression, "cifar10": ImageClassification}
+
+
+def classifies(data_name: str) -> bool:
+    """Whether runs on this dataset are judged by accuracy (classification) or by their loss alone."""
+    return DATASETS[data_name].classification
+
+
 def build_data(cfg, device: torch.device, dtype: torch.dtype):
     d = cfg.data
     if d.name == "gaussian":
@@ -179,7 +187,7 @@ def build_data(cfg, device: torch.device, dtype: torch.dtype):
                                   device, dtype, d.target_spectrum)
     if d.name == "cifar10":
         return _cifar10_images(d, device, dtype).sampled(d.batch_size, d.seed, d.augment)
-    raise ValueError(f"data.name: unknown dataset {d.name!r}; allowed: gaussian, cifar10")
+    raise ValueError(f"data.name: unknown dataset {d.name!r}; allowed: {', '.join(DATASETS)}")
 
 
 # A pool worker (bnlab.launch.local) trains run after run on the same images: it reads, checks and

@@ -14,6 +14,8 @@ from __future__ import annotations
 from omegaconf import OmegaConf
 
 from bnlab.config import probes_enabled
+from bnlab.models import model_family
+from bnlab.norms import normalization
 from bnlab.training.probe_schedule import early_window_end, step_kind
 
 STEP_SECONDS = {"vgg": {"none": 0.076, "batch": 0.078, "l1": 0.081, "l2": 0.100, "linf": 0.108},
@@ -85,10 +87,11 @@ def predicted_seconds(cfg, costs: dict[str, float]) -> float:
 def planning_costs(cfg) -> dict[str, float]:
     """The table's cost of each part of the run `cfg` on a 2-core CPU, one of two runs at a time. The table
     gives a probed run's mean step; here a probe step carries all of the probes' extra cost."""
-    model = cfg.model.name
-    per_step = STEP_SECONDS[model].get(cfg.norm.kind, max(STEP_SECONDS[model].values()))
+    # a family or norm not in the table is planned as the measured one it declares (its registry entry)
+    model = model_family(cfg.model.name).cost_as
+    per_step = STEP_SECONDS[model][normalization(cfg.norm.kind).cost_as]
     if model == "vgg":
-        per_step *= (cfg.model.width / 0.125) ** VGG_WIDTH_EXPONENT
+        per_step *= (OmegaConf.select(cfg, "model.width", default=0.125) / 0.125) ** VGG_WIDTH_EXPONENT
     if cfg.norm.noise.enabled:
         per_step *= NOISE_STEP_FACTOR
     # what a probe step adds is fixed (passes through the model), whatever the interval between probe steps
@@ -102,6 +105,10 @@ def planning_costs(cfg) -> dict[str, float]:
         for curvature, products in hessian_vector_products(cfg).items():
             costs[curvature] = (1 + products) * HVP_STEP_FACTOR * per_step  # and one forward and backward pass
     return costs
+
+
+# A run longer than this on a CPU is announced before it starts (a full-width VGG16: about 12 hours).
+SLOW_ON_CPU_SECONDS = 3600.0
 
 
 def estimated_seconds(cfg) -> float:

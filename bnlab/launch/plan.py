@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from bnlab import store
 from bnlab.config import probes_cover, trajectory_identity
 from bnlab.data import cifar10
-from bnlab.launch.costs import estimated_seconds
+from bnlab.launch.costs import SLOW_ON_CPU_SECONDS, estimated_seconds
 from bnlab.launch.local import train_pool
 from bnlab.launch.slurm import launch
 from bnlab.util.devices import check_processes_per_gpu, resolve_device
@@ -87,14 +87,14 @@ def report_plan(cfgs, launcher: str) -> None:
 
 
 def _warn_if_slow(cfgs) -> None:
-    """Full-width VGG on a CPU takes hours per run: say so first."""
-    heavy = [c for c in cfgs if c.model.name == "vgg" and resolve_device(c.runtime.device).type == "cpu"
-             and c.model.width >= 0.5]
+    """Runs of hours each on a CPU (a full-width VGG16): say so first."""
+    heavy = [c for c in cfgs if resolve_device(c.runtime.device).type == "cpu"
+             and estimated_seconds(c) > SLOW_ON_CPU_SECONDS]
     if heavy:
         took = duration(sum(estimated_seconds(c) for c in heavy) / 2)  # two at a time on 2 cores
-        print(f"warning: {len(heavy)} VGG runs at width >= 0.5 will train on the CPU (no GPU here): roughly "
-              f"{took} on 2 cores. Paper-scale VGG needs a GPU; SCALE=smoke runs every figure on a CPU.",
-              file=sys.stderr, flush=True)
+        print(f"warning: {len(heavy)} runs of over {duration(SLOW_ON_CPU_SECONDS)} each will train on the CPU (no "
+              f"GPU here): roughly {took} on 2 cores. Paper-scale VGG needs a GPU; SCALE=smoke runs every figure "
+              f"on a CPU.", file=sys.stderr, flush=True)
 
 
 def train_missing(cfgs, jobs: int, launcher: str = "local", launcher_overrides=(), name: str = "runs",

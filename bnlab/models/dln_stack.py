@@ -14,16 +14,11 @@ own loss. `member_state_dict(s)` and `load_member_state_dict` convert to and fro
 
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from bnlab.models.dln import DeepLinearNet
-from bnlab.norms import BatchNorm, LpNorm
-
-STACKABLE_NORMS = ("none", "batch", "l1", "l2", "linf")
+from bnlab.norms import normalization
 
 
 class StackedLinear(nn.Module):
@@ -43,36 +38,6 @@ class StackedLinear(nn.Module):
         return torch.baddbmm(self.bias[..., None], self.weight, h)
 
 
-class StackedBatchNorm(BatchNorm):
-    """bnlab's BatchNorm on each of S runs' units (parameters and statistics (S, width)), through torch's
-    fused kernel on all S * width units at once."""
-
-    def forward(self, h):
-        runs, width, n = h.shape
-        units = runs * width
-        return F.batch_norm(h.view(1, units, n), self.running_mean.view(units), self.running_var.view(units),
-                            self.weight.view(units), self.bias.view(units), self.training, self.momentum,
-                            self.eps).view(runs, width, n)
-
-
-class StackedLpNorm(LpNorm):
-    """bnlab's l_p normalization on each of S runs' units (parameters and statistics (S, width)): the same
-    forward, with a unit's statistics over the last (sample) dimension."""
-
-    def _statistics_dims(self, x):
-        return [-1]
-
-    def _expand(self, v, x):
-        return v[..., None]
-
-
-def stacked_norm(kind: str, runs: int, width: int, momentum: float, eps: float, center_before_norm: bool):
-    if kind == "batch":
-        return StackedBatchNorm((runs, width), momentum, eps)
-    p = {"l1": 1.0, "l2": 2.0, "linf": math.inf}[kind]
-    return StackedLpNorm((runs, width), p, center_before_norm, momentum, eps)
-
-
 class StackedBlock(nn.Module):
     def __init__(self, linear: nn.Module, norm: nn.Module):
         super().__init__()
@@ -89,16 +54,16 @@ class StackedDLN(nn.Module):
     def __init__(self, models: list[DeepLinearNet], norm_kind: str, momentum: float = 0.1, eps: float = 1e-5,
                  center_before_norm: bool = False):
         super().__init__()
-        if norm_kind not in STACKABLE_NORMS:
-            raise ValueError(f"StackedDLN: normalization {norm_kind!r} cannot be stacked; "
-                             f"allowed: {', '.join(STACKABLE_NORMS)}")
+        build_stacked = normalization(norm_kind).build_stacked
+        if build_stacked is None:
+            raise ValueError(f"StackedDLN: normalization {norm_kind!r} has no stacked form (bnlab.norms)")
         self.runs, self.width, self.depth = len(models), models[0].width, models[0].depth
         bias = models[0].blocks[0].linear.bias is not None
         blocks = []
         for i in range(self.depth):
-            plain = i == self.depth - 1 or norm_kind == "none"
-            norm = nn.Identity() if plain else stacked_norm(norm_kind, self.runs, self.width, momentum, eps,
-                                                            center_before_norm)
+            last = i == self.depth - 1
+            norm = nn.Identity() if last else build_stacked((self.runs, self.width), momentum=momentum, eps=eps,
+                                                            center_before_norm=center_before_norm)
             blocks.append(StackedBlock(StackedLinear(self.runs, self.width, bias), norm))
         self.blocks = nn.Sequential(*blocks)
         for s, model in enumerate(models):

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from bnlab.norms import make_norm
+from bnlab.util.checks import check, check_positive
 
 # Channel lists of the standard VGG depths; "M" is a 2x2 max pool.
 LAYOUTS = {
@@ -19,6 +20,17 @@ LAYOUTS = {
 HEADS = {"linear": 1, "fc": 3}  # classifier layers: one Linear(512, 10), or 512-512-10 with ReLUs between
 INITS = ("glorot_uniform", "glorot_normal", "he_normal", "he_uniform")
 CONV_BIAS = ("auto", True, False)
+
+
+def validate_vgg(cfg) -> None:
+    """The model's keys (bnlab.models.ModelFamily.validate); the data's are bnlab.config's."""
+    m = cfg.model
+    check(m.depth in LAYOUTS, "model.depth", m.depth, ", ".join(LAYOUTS))
+    check_positive(cfg, "model.width")
+    check(m.init in INITS, "model.init", m.init, ", ".join(INITS))
+    check_positive(cfg, "model.init_gain")
+    check(m.head in HEADS, "model.head", m.head, ", ".join(HEADS))
+    check(m.conv_bias in CONV_BIAS, "model.conv_bias", m.conv_bias, "auto, true, false")
 
 
 def init_weight(weight, scheme: str, gain: float = 1.0) -> None:

@@ -87,11 +87,13 @@ class Trainer:
             self.data = build_data(cfg, self.device, self.dtype)
             self.model = build_model(cfg).to(self.device, self.dtype)
         # auto: on for the conv net, on either device. On a 2-core CPU a smoke VGG run trains 1.26x (none) to
-        # 1.45x (BatchNorm) faster in channels-last (README, Speed); its tensor-core convolutions want it on CUDA.
+        # 1.45x (BatchNorm) faster in channels-last (docs/speed.md); its tensor-core convolutions want it on CUDA.
         self.channels_last = self.data.classification and cfg.runtime.channels_last in (True, "auto")
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.probes = ProbeSchedule(cfg, self.model, self.data.loss, cfg.optim.lr, seeds=[c.seed for c in cfgs])
+        for probe, why in self.probes.not_applicable.items():
+            log.info("probes.%s is enabled but measures nothing here: %s", probe, why)
         self.step_model = self._compiled() if cfg.runtime.compile else self.model
         # foreach: one multi-tensor update instead of a Python loop over ~70 parameters (torch's default
         # on CPU); the arithmetic, and so the trajectory, is the same.
@@ -297,6 +299,8 @@ class Trainer:
         summary = run_summary(m.cfg, m.key, m.rows.columns, status, wall, self.device,
                               getattr(self.data, "description", m.cfg.data.name), m.diverged_at, m.resumed_from,
                               len(self.members))
+        if self.probes.not_applicable:
+            summary["probes_not_applicable"] = self.probes.not_applicable
         if error:
             summary["error"] = error
         write_summary(m.directory, summary)

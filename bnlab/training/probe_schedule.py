@@ -56,6 +56,18 @@ class ProbeSchedule:
         self.hessian_seed = 1_000_003 * seeds[0]  # Lanczos start vectors: one stream per run, never torch's
         theorems = p.get("theorems")
         self.theorems = theorems if theorems is not None and theorems.enabled else None
+        self.not_applicable = self._not_applicable()
+
+    def _not_applicable(self) -> dict[str, str]:
+        """Enabled probes that measure nothing on this model, each with why: the run says so once (its log
+        and summary.json) rather than leaving their metrics silently absent."""
+        out = {}
+        if self.cfg.bn_sigma.enabled and not self.bn_numbers:
+            out["bn_sigma"] = "the model has no BatchNorm layer (bnlab.probes.batchnorm_layers)"
+        if self.theorems is not None and not probes.theorem_layers(self.model):
+            out["theorems"] = ("the model has no plain BatchNorm layer (noisy BatchNorm's output is not gamma "
+                               "y-hat + beta; bnlab.probes.theorem_layers)")
+        return out
 
     def _batchnorm_layer_numbers(self) -> dict[str, int]:
         """A BatchNorm layer carries the number of the conv/linear layer it follows."""

@@ -21,8 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from bnlab.config import identity, resolved
 from bnlab.data.datasets import build_data
-from bnlab.models import build_model
-from bnlab.models.dln_stack import STACKABLE_NORMS, StackedDLN
+from bnlab.models import build_model, model_family
+from bnlab.norms import normalization
 from bnlab.util.rng import rng_state
 
 # Runtime settings the runs of one stack must share (the rest of `runtime` is per run or irrelevant).
@@ -30,11 +30,13 @@ SHARED_RUNTIME = ("device", "threads", "compile", "log_every", "checkpoint_every
 
 
 def stack_key(cfg: DictConfig) -> str | None:
-    """Runs with the same key can train as one stacked model: DLN runs without noise, momentum or
-    curvature probes that differ only in their seed. None: this run trains alone."""
+    """Runs with the same key can train as one stacked model: runs of a family that stacks (the DLN) with a
+    normalization that has a stacked form, without noise, momentum or curvature probes, that differ only in
+    their seed. None: this run trains alone."""
     cfg = resolved(cfg)
-    stackable = (cfg.model.name == "dln" and cfg.runtime.stack_seeds and not cfg.norm.noise.enabled
-                 and cfg.norm.kind in STACKABLE_NORMS and cfg.optim.momentum == 0
+    stackable = (model_family(cfg.model.name).stack is not None and cfg.runtime.stack_seeds
+                 and normalization(cfg.norm.kind).build_stacked is not None
+                 and not cfg.norm.noise.enabled and cfg.optim.momentum == 0
                  and not cfg.probes.hessian.enabled  # the curvature probes measure one run at a time
                  and not OmegaConf.select(cfg, "probes.theorems.enabled", default=False))
     if not stackable:
@@ -89,6 +91,5 @@ def build_stack(cfgs: list[DictConfig], device: torch.device, dtype: torch.dtype
         parts.append(build_data(cfg, device, dtype))
         models.append(build_model(cfg))
         states.append(rng_state(device))
-    n = cfgs[0].norm
-    model = StackedDLN(models, n.kind, n.momentum, n.eps, n.center_before_norm).to(device, dtype)
+    model = model_family(cfgs[0].model.name).stack(models, cfgs[0]).to(device, dtype)
     return StackedRegression(parts), model, states

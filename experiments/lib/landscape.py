@@ -18,7 +18,7 @@ from experiments.lib.claims import (
     some_and_none_against,
 )
 from experiments.lib.plotting import NORM_STYLE, bands_caption, caption, mean_band, range_band, seeds_in, steps_axis
-from experiments.lib.runs import select
+from experiments.lib.runs import classifies, select
 
 EARLY = 0.2  # "early in training": the first 20% of the steps
 
@@ -28,7 +28,7 @@ def draw_landscape_panels(axes, runs, norms):
     paper's: all logarithmic for the DLN (Figs 10, 13); for VGG only the loss band (Figs 4a, 12b), gradient
     predictiveness and beta linear (Figs 4b, 4c, 12c, 12d)."""
     band, gp, beta = axes
-    log_all = runs[0].cfg.model.name != "vgg"
+    log_all = not classifies(runs[0])
     for norm in norms:
         label, color = NORM_STYLE[norm]
         chosen = select(runs, norm=norm)

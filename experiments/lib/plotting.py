@@ -3,23 +3,50 @@ figures share."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import pandas as pd
 from matplotlib import ticker
 
+from bnlab.norms import NORMALIZATIONS, normalization
 from experiments.lib.runs import Run, select, smoothed
 
 STYLE = "seaborn-v0_8-darkgrid"  # bnlab-figure draws every figure in it (experiments.cli.draw)
-NORM_STYLE = {  # label, colour: the paper's colours where it has them
-    "none": ("Standard", "tab:red"),
-    "none+noise": ("Standard + noise (no BN)", "tab:gray"),
-    "batch": ("Standard + BatchNorm", "tab:blue"),
-    "noisy_batch": ('Standard + "Noisy" BatchNorm', "tab:orange"),
-    "l1": ("Standard + L1", "tab:green"),
-    "l2": ("Standard + L2", "tab:purple"),
-    "linf": ("Standard + L∞", "tab:pink"),
-}
-EVERY_NORM = ("none", "batch", "l1", "l2", "linf")  # the l_p figures' normalizations
+
+
+class _NormStyles(Mapping):
+    """(label, colour) of a run's norm name (experiments.lib.runs.norm_name), from its registry entry
+    (bnlab.norms.register_norm): "batch", "noisy_batch" (BatchNorm with its noise), "l1+noise", ..."""
+
+    def __getitem__(self, name: str) -> tuple[str, str]:
+        kind, noisy = _kind(name)
+        norm = normalization(kind)
+        if noisy:
+            return norm.noisy_label or f"{norm.label} + noise", norm.noisy_color
+        return norm.label, norm.color
+
+    def __iter__(self):
+        return iter(NORMALIZATIONS)
+
+    def __len__(self):
+        return len(NORMALIZATIONS)
+
+
+def _kind(name: str) -> tuple[str, bool]:
+    if name == "noisy_batch":
+        return "batch", True
+    return name.removesuffix("+noise"), name.endswith("+noise")
+
+
+def norm_linestyle(name: str) -> str:
+    return normalization(_kind(name)[0]).linestyle
+
+
+NORM_STYLE = _NormStyles()
+# The normalizations of the paper's l_p figures (11-13) and of their claims: the paper's set, fixed, so that a
+# normalization registered later changes no paper verdict.
+LP_FIGURE_NORMS = ("none", "batch", "l1", "l2", "linf")
 
 
 def seeds_in(runs: list[Run]) -> int:
@@ -90,11 +117,11 @@ def steps_axis(ax, steps: int):
         ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v / 1000:g}k" if v else "0"))
 
 
-def loss_panel(ax, runs: list[Run], norms=EVERY_NORM):
-    """Training loss (log scale), each normalization's mean over seeds with its min-max band; the l_p
-    normalizations dashed."""
+def loss_panel(ax, runs: list[Run], norms):
+    """Training loss (log scale), each normalization's mean over seeds with its min-max band, in its
+    registered line style (the l_p normalizations dashed)."""
     for norm in norms:
         label, color = NORM_STYLE[norm]
-        style = "--" if norm.startswith("l") else "-"
+        style = norm_linestyle(norm)
         mean_band(ax, [r.series("loss") for r in select(runs, norm=norm)], label, color, log=True, ls=style)
     ax.set_yscale("log"), ax.set_ylabel("Training Loss"), steps_axis(ax, runs[0].cfg.train.steps)

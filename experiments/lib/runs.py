@@ -18,6 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from bnlab import store
 from bnlab.config import DATA_LOCATION, NOT_IDENTITY, ConfigError, compose, resolved
+from bnlab.data.datasets import classifies as data_classifies
+from bnlab.models import MODEL_FAMILIES
 
 
 def sweep(name: str, scale: str, seeds: int, overrides: list[str] = ()) -> list[DictConfig]:
@@ -143,13 +145,20 @@ def by_model(runs: list[Run], model: str) -> list[Run]:
     return select(runs, **{"model.name": model})
 
 
-MODEL_NAMES = {"vgg": "VGG", "dln": "DLN"}
+def models_in(runs: list[Run]) -> list[str]:
+    """The model families that have runs, in their registry's order (VGG first): a figure over both models
+    drawn from one model's runs (`bnlab-figure NAME model=dln`) shows that model alone."""
+    return [name for name in MODEL_FAMILIES if by_model(runs, name)]
 
 
 def each_model(runs: list[Run]) -> list[tuple[str, list[Run]]]:
-    """(display name, its runs) for each model that has runs, VGG first: a figure over both models drawn from
-    one model's runs (`bnlab-figure NAME model=dln`) shows that model alone."""
-    return [(name, by_model(runs, model)) for model, name in MODEL_NAMES.items() if by_model(runs, model)]
+    """(display name, its runs) for each model family that has runs (models_in)."""
+    return [(MODEL_FAMILIES[name].label, by_model(runs, name)) for name in models_in(runs)]
+
+
+def classifies(run: Run) -> bool:
+    """Judged by accuracy (a classifier, VGG) or by its loss alone (a regression, the DLN)."""
+    return data_classifies(run.cfg.data.name)
 
 
 def smoothed(series: pd.Series, steps: int) -> pd.Series:
