@@ -18,8 +18,8 @@ from omegaconf.errors import InterpolationKeyError
 
 from bnlab.data.cifar10 import SOURCES, resolve_source
 from bnlab.data.datasets import INPUT_SCALES
-from bnlab.models import MODEL_FAMILIES, model_family, num_layers
-from bnlab.norms import NORMALIZATIONS
+from bnlab.models import model_family, num_layers
+from bnlab.norms import normalization
 from bnlab.probes.measurement import MODES
 from bnlab.util.checks import ConfigError, check, check_positive
 
@@ -83,6 +83,8 @@ def resolved(cfg: DictConfig) -> DictConfig:
         if not missing.startswith("scale."):
             raise
         model = OmegaConf.select(cfg, "model.name")
+        model_family(model)  # an unknown model, or a dataset it does not train on, is the error to report first
+        _check_dataset(OmegaConf.select(cfg, "data.name"), model)
         raise ConfigError(err.full_key, f"${{{missing}}}",
                           f"a setting of the scale for model {model}: {missing} is not in "
                           f"configs/scale/{OmegaConf.select(cfg, 'scale.name')}.yaml (add it under {model}:, or "
@@ -107,8 +109,8 @@ def validate(cfg: DictConfig) -> None:
     for key in BOOLEANS:
         value = OmegaConf.select(cfg, key, default=None)
         check(value is None or isinstance(value, bool), key, value, "true or false")
-    check(cfg.model.name in MODEL_FAMILIES, "model.name", cfg.model.name, ", ".join(MODEL_FAMILIES))
-    check(cfg.norm.kind in NORMALIZATIONS, "norm.kind", cfg.norm.kind, ", ".join(NORMALIZATIONS))
+    family = model_family(cfg.model.name)  # each raises ConfigError naming what is registered
+    normalization(cfg.norm.kind)
     check(isinstance(cfg.seed, int) and cfg.seed >= 0, "seed", cfg.seed, "an integer >= 0")
     check_positive(cfg, "optim.lr")
     check(cfg.optim.momentum >= 0, "optim.momentum", cfg.optim.momentum, "a number >= 0")
@@ -122,9 +124,7 @@ def validate(cfg: DictConfig) -> None:
     check(c.n_sigma >= 1, "norm.noise.constants.n_sigma", c.n_sigma, "a number >= 1")
     check(c.r_mu >= 0, "norm.noise.constants.r_mu", c.r_mu, "a number >= 0")
     check(c.r_sigma >= 0, "norm.noise.constants.r_sigma", c.r_sigma, "a number >= 0")
-    family = model_family(cfg.model.name)
-    check(cfg.data.name in family.datasets, "data", cfg.data.name,
-          f"{', '.join(family.datasets)} ({cfg.model.name} trains on {' or '.join(family.datasets)})")
+    _check_dataset(cfg.data.name, cfg.model.name)
     family.validate(cfg)
     DATA_CHECKS[cfg.data.name](cfg)
     _validate_probes(cfg, num_layers(cfg))
@@ -155,6 +155,14 @@ def _validate_gaussian(cfg):
 
 
 DATA_CHECKS = {"cifar10": _validate_cifar10, "gaussian": _validate_gaussian}
+DATA_GROUPS = {"cifar10": "data=cifar10 or data=cifar10_jpeg", "gaussian": "data=gaussian"}  # configs/data/
+
+
+def _check_dataset(data: str, model: str) -> None:
+    """The dataset is one bnlab reads (bnlab.data.datasets) and one the model family trains on."""
+    datasets = model_family(model).datasets
+    choices = "; ".join(f"{d} ({DATA_GROUPS.get(d, d)})" for d in datasets)
+    check(data in datasets and data in DATA_CHECKS, "data", data, f"{choices}: what {model} trains on")
 
 
 def _validate_probes(cfg, layers: int):
@@ -325,8 +333,10 @@ def load_plugins() -> list[str]:
     for name in names:
         try:
             importlib.import_module(name)
-        except ImportError as err:
-            raise ImportError(f"BNLAB_PLUGINS names {name!r}, which cannot be imported ({err}); fix the name or "
+        except ModuleNotFoundError as err:
+            if err.name != name.split(".")[0] and err.name != name:
+                raise  # the plugin itself failed to import something: its own traceback says what
+            raise ImportError(f"BNLAB_PLUGINS names {name!r}, which cannot be found ({err}); fix the name or "
                               f"run from the folder that holds it") from err
     return names
 

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bnlab.util.checks import ConfigError
+
 
 @dataclass(frozen=True)
 class Normalization:
@@ -36,9 +38,9 @@ class Normalization:
     # build_stacked((S, width), momentum=, eps=, center_before_norm=); None: the DLN's seeds train one by one
     # (bnlab.models.dln_stack).
     build_stacked: Callable[..., nn.Module] | None = None
-    # Normalizes by batch statistics with a learnable scale (gamma y-hat + beta): the probes of BatchNorm's
-    # own quantities (bn_sigma, theorems) apply, and the Hessian's batch and running modes differ.
-    batch_statistics: bool = False
+    # Whether `build` applies the noise it is given (norm.noise.enabled) itself; if not, make_norm adds the
+    # noise after the layer.
+    applies_noise: bool = False
     # The measured norm whose step time plans this one's runs (bnlab.launch.costs) until it is measured itself.
     cost_as: str = "batch"
 
@@ -56,11 +58,10 @@ def register_norm(norm: Normalization) -> Normalization:
 
 
 def normalization(kind: str) -> Normalization:
-    try:
-        return NORMALIZATIONS[kind]
-    except KeyError:
-        raise ValueError(f"norm.kind: unknown normalization {kind!r}; allowed: {', '.join(NORMALIZATIONS)}") \
-            from None
+    if kind not in NORMALIZATIONS:
+        raise ConfigError("norm.kind", kind, f"{', '.join(NORMALIZATIONS)} (a normalization of your own: is its "
+                          f"module named in BNLAB_PLUGINS?)")
+    return NORMALIZATIONS[kind]
 
 
 def _unit_dims(x: torch.Tensor) -> list[int]:
@@ -319,6 +320,36 @@ class StackedLpNorm(LpNorm):
         return v[..., None]
 
 
+class GroupNorm(_AffineNorm):
+    """Group normalization (Wu & He 2018): per sample, the units split into `groups` groups of consecutive
+    units, each group standardized over its units (and their positions) with its own mean and biased variance,
+    then a per-unit scale and shift. One group is layer normalization (Ba et al. 2016): for (N, C) inputs
+    exactly torch.nn.LayerNorm(C); for (N, C, H, W) the normalization over (C, H, W) with per-channel scale and
+    shift, torch.nn.GroupNorm(1, C). Per sample: no batch statistics, so training and evaluation mode compute
+    the same function (`momentum` is unused). Through torch's own kernel."""
+
+    def __init__(self, num_features: int, groups: int, eps: float = 1e-5, noise: BatchNoise | None = None):
+        if num_features % groups:
+            raise ValueError(f"GroupNorm: {num_features} units do not split into {groups} groups")
+        super().__init__(num_features, 0.0, eps, noise)
+        self.groups = groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._finish(F.group_norm(x, self.groups, self.weight, self.bias, self.eps))
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, groups={self.groups}, eps={self.eps}"
+
+
+# Wu & He's default of 32 groups, or as many as divide the layer's units: VGG16 at width 1/8 has 8-64 channels
+# (8 groups of 1 at its first layer: instance normalization there), the DLN's 10 units 2 groups of 5.
+GROUPS = 32
+
+
+def groups_for(num_features: int) -> int:
+    return math.gcd(num_features, GROUPS)
+
+
 def make_norm(kind: str, num_features: int, *, momentum: float = 0.1, eps: float = 1e-5,
               center_before_norm: bool = False, noise: dict | None = None) -> nn.Module:
     """Build the layer that sits between a conv/linear layer and its nonlinearity.
@@ -326,9 +357,13 @@ def make_norm(kind: str, num_features: int, *, momentum: float = 0.1, eps: float
     `noise` (the constants n_mu, n_sigma, r_mu, r_sigma) adds the noisy-BatchNorm noise to the layer's
     output; with kind "none" that is noise on the raw pre-activations (paper, section 2.1).
     """
+    entry = normalization(kind)
     noise_layer = BatchNoise(**noise) if noise else None
-    return normalization(kind).build(num_features, momentum=momentum, eps=eps,
-                                     center_before_norm=center_before_norm, noise=noise_layer)
+    layer = entry.build(num_features, momentum=momentum, eps=eps, center_before_norm=center_before_norm,
+                        noise=noise_layer if entry.applies_noise else None)
+    if noise_layer is not None and not entry.applies_noise:
+        layer = nn.Sequential(layer, noise_layer)
+    return layer
 
 
 def _no_norm(num_features, *, noise, **_):
@@ -361,11 +396,16 @@ def _stacked_lp_norm(p: float):
 
 # The paper's normalizations, in its colours where it has them; l_p dashed, as in its figures 11-13.
 register_norm(Normalization("none", _no_norm, "Standard", "tab:red", noisy_label="Standard + noise (no BN)",
-                            noisy_color="tab:gray", build_stacked=_stacked_none, cost_as="none"))
+                            noisy_color="tab:gray", build_stacked=_stacked_none, applies_noise=True, cost_as="none"))
 register_norm(Normalization("batch", _batch_norm, "Standard + BatchNorm", "tab:blue",
                             noisy_label='Standard + "Noisy" BatchNorm', noisy_color="tab:orange",
-                            build_stacked=_stacked_batch_norm, batch_statistics=True))
+                            build_stacked=_stacked_batch_norm, applies_noise=True))
 for _name, _p, _label, _color in (("l1", 1.0, "L1", "tab:green"), ("l2", 2.0, "L2", "tab:purple"),
                                   ("linf", math.inf, "L∞", "tab:pink")):
     register_norm(Normalization(_name, _lp_norm(_p), f"Standard + {_label}", _color, "--",
-                                build_stacked=_stacked_lp_norm(_p), cost_as=_name))
+                                build_stacked=_stacked_lp_norm(_p), applies_noise=True, cost_as=_name))
+# Beyond the paper (Lubana et al. 2021): normalizers that use no batch statistics.
+register_norm(Normalization("layer", lambda n, *, eps, noise, **_: GroupNorm(n, 1, eps, noise),
+                            "Standard + LayerNorm", "tab:brown", "-.", applies_noise=True))
+register_norm(Normalization("group", lambda n, *, eps, noise, **_: GroupNorm(n, groups_for(n), eps, noise),
+                            "Standard + GroupNorm", "tab:cyan", "-.", applies_noise=True))

@@ -12,6 +12,10 @@ load; the medians and their ratio (ours / reference) go to results/bench/<machin
     curvature_probe    the Hessian's top eigenvalue (VGG16 with BatchNorm, batch statistics) by Lanczos.
                        Reference: power iteration on torch.autograd.functional.hvp of a copied model.
                        Reported: seconds and Hessian-vector products of each. Target ratio < 1.
+    spectrum_density   the Hessian's eigenvalue density by stochastic Lanczos quadrature (VGG16 with BatchNorm,
+                       running statistics: eval mode, where both apply), 30 Lanczos steps, one run. Reference:
+                       PyHessian's hessian(...).density(iter=30, n_v=1) on the same model and batch. Reported:
+                       seconds of each and the extreme Ritz values each finds. Target ratio <= 1.
     vgg16_training     images per second of VGG16 training at batch 128. Reference: torchvision's CIFAR10
                        through a DataLoader (ToTensor, Normalize), each batch copied to the device, eager
                        model. Target >= 3x on GPU.
@@ -64,6 +68,7 @@ from bnlab import probes
 from bnlab.config import probes_enabled, tf32
 from bnlab.launch.costs import predicted_seconds, step_kinds
 from bnlab.models.vgg import VGG
+from bnlab.probes import curvature as probes_curvature
 
 sys.path.insert(0, str(Path(__file__).parent))
 import bench_dln  # noqa: E402
@@ -196,6 +201,35 @@ def bench_curvature(device, width, repeats):
     return {**result, "ours_hvps": found["ours"]["hvps"], "reference_hvps": found["reference"][1],
             "ours_eigenvalue": round(found["ours"]["eigenvalues"][0], 4),
             "reference_eigenvalue": round(found["reference"][0], 4), "target": "ratio < 1"}
+
+
+def bench_spectrum(device, width, repeats):
+    """SLQ in eval mode (PyHessian's density() calls model.eval()) on one batch: bnlab's hessian_spectrum
+    against PyHessian's density, each 30 Lanczos steps from one Rademacher start."""
+    try:
+        from pyhessian import hessian as pyhessian_hessian
+    except ImportError as exc:
+        raise Skipped("PyHessian is not installed (pip install pyhessian; it is in the dev extras)") from exc
+    model, (x, y) = vgg16(device, width), probe_inputs(device)
+    found = {}
+
+    def ours():
+        found["ours"] = probes.hessian_spectrum(model, F.cross_entropy, x, y, mode="eval", iterations=30, runs=1)
+
+    torch.eig = probes_curvature.legacy_eig  # PyHessian 0.1 calls torch.eig, which torch removed in 1.9
+
+    def reference():
+        state = copy.deepcopy(model.state_dict())
+        computer = pyhessian_hessian(model, torch.nn.CrossEntropyLoss(), data=(x, y), cuda=device.type == "cuda")
+        found["reference"] = computer.density(iter=30, n_v=1)
+        model.load_state_dict(state)
+        model.train()
+
+    result = side_by_side(ours, reference, device, repeats)
+    ritz, reference_ritz = found["ours"]["ritz_values"][0], [float(v) for v in found["reference"][0][0]]
+    return {**result, "ours_hvps": found["ours"]["hvps"], "ours_extremes": [round(min(ritz), 4), round(max(ritz), 4)],
+            "reference_extremes": [round(min(reference_ritz), 4), round(max(reference_ritz), 4)],
+            "target": "ratio <= 1"}
 
 
 # ------------------------------------------------------------------------------------ landscape probe
@@ -674,6 +708,7 @@ def main(argv=None) -> None:
         "ics_probe": lambda: bench_ics(device, width, args.repeats),
         "landscape_probe": lambda: bench_landscape(device, width, args.repeats),
         "curvature_probe": lambda: bench_curvature(device, width, min(args.repeats, 3)),
+        "spectrum_density": lambda: bench_spectrum(device, width, min(args.repeats, 3)),
         "vgg16_training": lambda: bench_vgg_training(device, width, args.repeats, 100 if device.type == "cuda" else 10),
         "cifar10_to_device": lambda: bench_cifar10_to_device(device, min(args.repeats, 3)),
         "vgg16_paper_run": lambda: bench_vgg_paper_run(device, width, args.repeats, args.end_to_end_steps),
@@ -687,12 +722,12 @@ def main(argv=None) -> None:
     name, description = machine()
     out = args.out / f"{name}.json"
     result = json.loads(out.read_text()) if out.exists() else {}
-    result.update({"machine": description, "torch": torch.__version__, "python": sys.version.split()[0],
-                   "vgg16_width": width})
+    result.setdefault("machine", description)  # the machine of the items without one of their own (older runs)
+    result.update({"torch": torch.__version__, "python": sys.version.split()[0], "vgg16_width": width})
     for item in chosen:
         print(f"{item} ...", flush=True)
         try:
-            result[item] = items[item]()
+            result[item] = {**items[item](), "machine": description}  # the file gathers items run on other days
         except Skipped as exc:
             result[item] = {"skipped": str(exc)}
         print(json.dumps(result[item]), flush=True)

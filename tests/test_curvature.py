@@ -260,3 +260,84 @@ def test_a_network_whose_modes_compute_one_function_is_measured_in_one(runs_dir)
     for layer in (make_norm("batch", 2), make_norm("l1", 2), nn.Dropout(0.1), nn.BatchNorm1d(2),
                   make_norm("none", 2, noise=dict(n_mu=0.5, n_sigma=1.25, r_mu=0.1, r_sigma=0.1))):
         assert probes.modes_differ(nn.Sequential(nn.Linear(2, 2), layer)), layer
+
+
+@pytest.mark.parametrize("norm", ["none", "batch", "noisy_batch"])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_spectrum_matches_the_dense_hessian(norm, mode):
+    """With as many Lanczos steps as parameters the quadrature is exact for each start: every Ritz value of
+    positive weight is an eigenvalue of the dense Hessian, each run's n sum w theta^k is Hutchinson's v^T H^k v
+    for its start, and the estimates of tr(H) and sum lambda^2 fall within 4 standard errors of the dense ones."""
+    model, (x, y) = small_model(norm), batch()
+    torch.manual_seed(0)
+    before = state(model)
+    n = sum(p.numel() for p in model.parameters())
+    out = probes.hessian_spectrum(model, F.cross_entropy, x, y, mode=mode, iterations=n, runs=40, seed=3)
+    assert_unchanged(before, state(model))
+    hessian, _ = dense(model, x, y, mode)
+    eigenvalues = torch.linalg.eigvalsh(hessian)
+    for ritz, weights in zip(out["ritz_values"], out["weights"], strict=True):
+        assert sum(weights) == pytest.approx(1.0, abs=1e-10)
+        for theta, w in zip(ritz, weights, strict=True):
+            if w > 1e-8:
+                assert (eigenvalues - theta).abs().min() < 1e-6 * eigenvalues.abs().max()
+    trace, squares = float(eigenvalues.sum()), float(eigenvalues.square().sum())
+    assert abs(out["trace"] - trace) < 4 * out["trace_stderr"]
+    assert abs(out["square_sum"] - squares) < 4 * out["square_sum_stderr"]
+    # each run's estimate is Hutchinson's with its own start vector, drawn as the probe draws it
+    g = torch.Generator().manual_seed(3)
+    for ritz, weights in zip(out["ritz_values"][:5], out["weights"][:5], strict=True):
+        v = torch.randint(0, 2, (n,), generator=g, dtype=torch.int64).double() * 2 - 1
+        assert n * sum(w * t for w, t in zip(weights, ritz, strict=True)) == pytest.approx(
+            float(v @ hessian @ v), rel=1e-8, abs=1e-10)
+        assert n * sum(w * t * t for w, t in zip(weights, ritz, strict=True)) == pytest.approx(
+            float(v @ hessian @ hessian @ v), rel=1e-8, abs=1e-10)
+
+
+def test_spectrum_density_is_a_smoothed_ritz_measure():
+    """The density integrates to 1 on its grid, its mean is the quadrature's mean eigenvalue (trace / n) up to
+    the grid's resolution, and with few Lanczos steps it still spans the extreme eigenvalues, which Lanczos
+    finds first (the outliers of Ghorbani et al.)."""
+    model, (x, y) = small_model("batch"), batch()
+    n = sum(p.numel() for p in model.parameters())
+    out = probes.hessian_spectrum(model, F.cross_entropy, x, y, iterations=12, runs=3, grid_points=4000)
+    grid, density = out["grid"], out["density"]
+    assert torch.trapezoid(density, grid).item() == pytest.approx(1.0, abs=1e-9)
+    mean = torch.trapezoid(grid * density, grid).item()
+    assert mean == pytest.approx(out["trace"] / n, abs=1e-3 * float(grid[-1] - grid[0]))
+    eigenvalues = torch.linalg.eigvalsh(dense(model, x, y, "train")[0])
+    top = max(max(r) for r in out["ritz_values"])
+    assert top == pytest.approx(float(eigenvalues[-1]), rel=1e-4)
+    assert grid[0] < eigenvalues[0] + 0.05 * (eigenvalues[-1] - eigenvalues[0])
+    assert out["hvps"] == 3 * 12 and len(out["ritz_values"][0]) == 12
+
+
+def test_spectrum_refuses_bad_arguments():
+    model, (x, y) = small_model("none"), batch()
+    for kwargs in ({"iterations": 0}, {"runs": 1.5}, {"grid_points": 1}, {"sigma": 0.0}):
+        with pytest.raises(ValueError, match=next(iter(kwargs))):
+            probes.hessian_spectrum(model, F.cross_entropy, x, y, **kwargs)
+
+
+@pytest.mark.filterwarnings("ignore:Using backward")  # PyHessian calls backward(create_graph=True)
+def test_eval_mode_spectrum_matches_pyhessians_density(monkeypatch):
+    """PyHessian's density() (SLQ, eval mode): with as many Lanczos steps as parameters both quadratures span
+    the whole spectrum, so their extreme Ritz values are the Hessian's extreme eigenvalues. PyHessian 0.1 calls
+    torch.eig, gone from torch since 1.9: it gets the same decomposition of its symmetric matrix through eigh."""
+    from pyhessian import hessian as PyHessian
+
+    from bnlab.probes.curvature import legacy_eig
+
+    monkeypatch.setattr(torch, "eig", legacy_eig, raising=False)
+
+    model, (x, y) = small_model("torch_batch"), batch()
+    model, x = model.float(), x.float()
+    n = sum(p.numel() for p in model.parameters())
+    ours = probes.hessian_spectrum(model, F.cross_entropy, x, y, mode="eval", iterations=n, runs=2)
+    torch.manual_seed(0)
+    values, weights = PyHessian(copy.deepcopy(model), F.cross_entropy, data=(x, y), cuda=False).density(iter=n, n_v=1)
+    values, weights = [float(v) for v in values[0]], [float(w) for w in weights[0]]
+    assert sum(weights) == pytest.approx(1.0, abs=1e-4)
+    for ritz in ours["ritz_values"]:
+        assert max(ritz) == pytest.approx(max(values), rel=1e-3)
+        assert min(ritz) == pytest.approx(min(values), abs=1e-3 * max(values))

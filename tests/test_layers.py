@@ -1,4 +1,4 @@
-"""The code's layers (README, "How the code is organized"): each module imports only from its own layer or
+"""The code's layers (docs/layout.md): each module imports only from its own layer or
 the layers below it, and no imports form a cycle. Imports inside functions count as well."""
 
 import ast

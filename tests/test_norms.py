@@ -146,8 +146,8 @@ def test_make_norm_kinds():
     assert isinstance(make_norm("none", 4), nn.Identity)
     assert isinstance(make_norm("none", 4, noise=dict(n_mu=0.5, n_sigma=1.25, r_mu=0.1, r_sigma=0.1)), BatchNoise)
     assert make_norm("linf", 4).p == math.inf
-    with pytest.raises(ValueError, match="unknown normalization 'group'"):
-        make_norm("group", 4)
+    with pytest.raises(ValueError, match="norm.kind='weird'; allowed: none, batch"):
+        make_norm("weird", 4)
 
 
 @pytest.mark.parametrize("p", [1.0, 2.0, 3.0, math.inf])
@@ -220,3 +220,48 @@ def test_an_lp_layer_with_noise_draws_the_same_noise_in_either_layout():
     channels_last = layer(x.contiguous(memory_format=torch.channels_last))
     torch.testing.assert_close(channels_last, contiguous, rtol=1e-5, atol=1e-6)
     assert channels_last.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("shape", [(16, 10), (4, 12, 5, 5)])
+@pytest.mark.parametrize("kind", ["layer", "group"])
+def test_per_sample_normalizers_match_torch_in_float64(kind, shape):
+    """LayerNorm is torch's LayerNorm over the units for (N, C) inputs and GroupNorm(1, C) for images;
+    GroupNorm is torch's with 32 groups, or as many as divide the units; both in both modes (no batch
+    statistics), with their gradients."""
+    from bnlab.norms import groups_for
+
+    channels = shape[1]
+    torch.manual_seed(0)
+    x = (torch.randn(*shape, dtype=torch.float64) * 3 + 1).requires_grad_()
+    ours = make_norm(kind, channels).double()
+    with torch.no_grad():
+        ours.weight.uniform_(0.5, 1.5)
+        ours.bias.uniform_(-0.5, 0.5)
+    groups = 1 if kind == "layer" else groups_for(channels)
+    if kind == "layer" and len(shape) == 2:
+        reference = nn.LayerNorm(channels, eps=1e-5).double()
+    else:
+        reference = nn.GroupNorm(groups, channels, eps=1e-5).double()
+    reference.load_state_dict({"weight": ours.weight.detach(), "bias": ours.bias.detach()})
+    assert groups_for(10) == 2 and groups_for(64) == 32 and groups_for(8) == 8
+    for mode in (True, False):
+        ours.train(mode)
+        reference.train(mode)
+        got, want = ours(x), reference(x)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        g = torch.randn_like(got)
+        torch.testing.assert_close(torch.autograd.grad(got, x, g)[0], torch.autograd.grad(want, x, g)[0],
+                                   rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["layer", "group"])
+def test_per_sample_normalizers_build_into_both_models(kind):
+    from bnlab.config import compose, validate
+    from bnlab.models import build_model
+
+    for overrides in (["model=dln", "scale=smoke"], ["model=vgg", "scale=smoke"]):
+        cfg = compose([*overrides, f"norm={kind}"])
+        validate(cfg)
+        model = build_model(cfg)
+        x = torch.randn(4, 10) if cfg.model.name == "dln" else torch.randn(4, 3, 32, 32)
+        assert torch.isfinite(model(x)).all()

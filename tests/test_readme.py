@@ -89,8 +89,9 @@ def test_the_first_run_trains_and_compares_as_written(tmp_path):
     data = os.environ.get("BNLAB_DATA")
     if not data and not (ROOT / "data").exists():
         pytest.skip("no CIFAR-10 here (BNLAB_DATA unset, no ./data) and no internet to download it")
-    (tmp_path / ".venv").symlink_to(ROOT / ".venv")
-    env = {**os.environ, "BNLAB_RUNS": str(tmp_path / "runs"), "WANDB_MODE": "offline"}
+    for name in (".venv", "Makefile", "pyproject.toml"):  # `make setup` finds .venv set up: nothing to do
+        (tmp_path / name).symlink_to(ROOT / name)
+    env = {**os.environ, "WANDB_MODE": "offline"}
     env.pop("BNLAB_DRY_RUN", None)
     if not data:
         env["BNLAB_DATA"] = str(ROOT / "data")
@@ -99,6 +100,7 @@ def test_the_first_run_trains_and_compares_as_written(tmp_path):
                           timeout=900)
     assert done.returncode == 0, f"the first run failed:\n{done.stdout}\n{done.stderr}"
     assert (tmp_path / "dln-loss.png").stat().st_size > 10_000
+    assert len(list((tmp_path / "first-runs" / "smoke").glob("*/summary.json"))) == 3
     listed = [line for line in done.stdout.splitlines() if "-seed0-" in line]
     assert sum("finished" in line for line in listed) >= 3
     assert any(line.startswith("dln-batch") for line in listed) and any(line.startswith("vgg-none") for line in listed)

@@ -105,9 +105,10 @@ def extension(tmp_path, monkeypatch):
     (configs / "model" / "mlp.yaml").write_text(MODEL_YAML)
     (configs / "data" / "mlp.yaml").write_text("defaults:\n  - gaussian\n  - _self_\n")
     (configs / "norm" / "rms.yaml").write_text("defaults:\n  - /base/norm@_here_\n  - _self_\n\nkind: rms\n")
-    for scale in ("smoke", "paper"):
-        with open(configs / "scale" / f"{scale}.yaml", "a") as f:
-            f.write(SCALE_BLOCK)
+    with open(configs / "scale" / "smoke.yaml", "a") as f:
+        f.write(SCALE_BLOCK)
+    with open(configs / "scale" / "paper.yaml", "a") as f:  # one setting left out, as a user might
+        f.write(SCALE_BLOCK.replace("  probe_every: 10\n", ""))
     monkeypatch.setattr(bnlab.config, "CONFIG_DIR", configs)
     yield importlib.import_module("my_extension")
     NORMALIZATIONS.pop("rms", None)
@@ -142,6 +143,10 @@ def test_a_norm_and_a_model_of_ones_own_train_are_probed_and_drawn(extension, tm
     assert any(n.startswith("landscape_loss@") for n in names) and any(n.startswith("act_mean#") for n in names)
     model = extension.MLP(10, 3, "rms", eps=1e-5)
     assert isinstance(model.blocks[0][1], extension.BatchRMSNorm)
+    # its builder takes no noise: noisy BatchNorm's noise (norm.noise.enabled) goes after the layer
+    from bnlab.norms import BatchNoise, make_norm
+    noisy = make_norm("rms", 10, noise=dict(n_mu=0.5, n_sigma=1.25, r_mu=0.1, r_sigma=0.1))
+    assert isinstance(noisy[0], extension.BatchRMSNorm) and isinstance(noisy[1], BatchNoise)
 
     runs = load(cfgs)
     assert [name for name, _ in each_model(runs)] == ["MLP"]
@@ -161,16 +166,22 @@ def test_an_unknown_norm_or_model_lists_the_registered_ones(extension):
     from bnlab.config import compose, validate
 
     with pytest.raises(ConfigError, match="rms") as err:
-        validate(compose(["norm=none", "norm.kind=layer"]))
+        validate(compose(["norm=none", "norm.kind=weird"]))
     assert err.value.key == "norm.kind"
-    with pytest.raises(ConfigError, match="scale for model dln") as err:
-        compose(["model=dln", "data=cifar10"])  # CIFAR-10's subset and evaluation settings: none for the DLN
-    assert err.value.key == "data.train_subset"
+    with pytest.raises(ConfigError, match="gaussian") as err:  # the dataset first, before the scale's settings
+        compose(["model=dln", "data=cifar10"])
+    assert err.value.key == "data"
     with pytest.raises(ConfigError, match="gaussian") as err:  # the scale has them for the MLP; its family says no
         validate(compose(["model=mlp", "data=cifar10"]))
     assert err.value.key == "data"
+    with pytest.raises(ConfigError, match=r"scale.mlp.probe_every is not in configs/scale/paper.yaml") as err:
+        compose(["model=mlp", "scale=paper"])
+    assert err.value.key == "probes.every"
+    with pytest.raises(ConfigError, match="BNLAB_PLUGINS") as err:
+        validate(compose(["model=dln", "model.name=resnet"]))
+    assert err.value.key == "model.name"
     with pytest.raises(ConfigError) as err:
-        validate(compose(["model=mlp", "model.depth=0"]))  # its own check
+        validate(compose(["model=mlp", "scale=smoke", "model.depth=0"]))  # its own check
     assert err.value.key == "model.depth"
 
 

@@ -369,7 +369,7 @@ def test_the_theorem_probe_is_validated_and_left_out_of_identity_while_off():
 
 
 def test_float64_script_separates_rounding_from_the_identity(capsys):
-    """scripts/theorem_float64.py (the README's check of the runs' residual): on a 4-layer DLN's starting
+    """scripts/theorem_float64.py (docs/results.md's check of the runs' residual): on a 4-layer DLN's starting
     state the exact identity's gap is float32 rounding, so float64 shrinks it by many orders."""
     sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
     import theorem_float64

@@ -18,7 +18,7 @@ class GaussianRegression:
 
     The data are fixed for the run, drawn from `seed`, and the batch is the whole dataset (full-batch
     gradient descent). The loss is half the squared error summed over samples (TensorFlow's l2_loss; the
-    default, chosen by measurement, see the README), the plain sum, or the mean over samples.
+    default, chosen by measurement: docs/calibration.md), the plain sum, or the mean over samples.
     """
 
     classification = False

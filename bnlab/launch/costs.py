@@ -88,14 +88,18 @@ def planning_costs(cfg) -> dict[str, float]:
     """The table's cost of each part of the run `cfg` on a 2-core CPU, one of two runs at a time. The table
     gives a probed run's mean step; here a probe step carries all of the probes' extra cost."""
     # a family or norm not in the table is planned as the measured one it declares (its registry entry)
-    model = model_family(cfg.model.name).cost_as
-    per_step = STEP_SECONDS[model][normalization(cfg.norm.kind).cost_as]
-    if model == "vgg":
-        per_step *= (OmegaConf.select(cfg, "model.width", default=0.125) / 0.125) ** VGG_WIDTH_EXPONENT
+    family, norm = model_family(cfg.model.name).cost_as, normalization(cfg.norm.kind).cost_as
+    if family not in STEP_SECONDS or norm not in STEP_SECONDS[family]:
+        raise ValueError(f"cost_as: {family!r} / {norm!r} (of {cfg.model.name} / {cfg.norm.kind}) is not a measured "
+                         f"family / norm of bnlab.launch.costs.STEP_SECONDS: {', '.join(STEP_SECONDS)} / "
+                         f"{', '.join(STEP_SECONDS['vgg'])}")
+    per_step = STEP_SECONDS[family][norm]
+    if cfg.model.name == "vgg":  # VGG's width multiplier (another family's width means something else)
+        per_step *= (cfg.model.width / 0.125) ** VGG_WIDTH_EXPONENT
     if cfg.norm.noise.enabled:
         per_step *= NOISE_STEP_FACTOR
     # what a probe step adds is fixed (passes through the model), whatever the interval between probe steps
-    probe = per_step * (1 + (PROBED_STEP_FACTOR[model] - 1) * PROBED_EVERY[model])
+    probe = per_step * (1 + (PROBED_STEP_FACTOR[family] - 1) * PROBED_EVERY[family])
     first = probe if probes_enabled(cfg) else per_step
     # an early step measures the landscape alone: the gradient, then a forward and backward pass per multiplier
     early = per_step * (2 + cfg.probes.landscape.multipliers.num)

@@ -47,7 +47,8 @@ def register_model(family: ModelFamily) -> ModelFamily:
 
 def model_family(name: str) -> ModelFamily:
     if name not in MODEL_FAMILIES:
-        raise ConfigError("model.name", name, ", ".join(MODEL_FAMILIES))
+        raise ConfigError("model.name", name, f"{', '.join(MODEL_FAMILIES)} (a model of your own: is its module "
+                          f"named in BNLAB_PLUGINS?)")
     return MODEL_FAMILIES[name]
 
 

@@ -98,10 +98,11 @@ def _loss(model, loss_fn, inputs, targets, m: _Measurement) -> torch.Tensor:
 
 def modes_differ(model: nn.Module) -> bool:
     """Whether `model` computes another function in eval mode than in train mode: it has normalization with
-    running statistics (BatchNorm, bnlab's l_p layers), noise or dropout. Without any, a measurement in eval
-    mode repeats the train-mode one."""
+    running statistics (BatchNorm, bnlab's l_p layers, any module with a `running_*` buffer of its own), noise
+    or dropout. Without any, a measurement in eval mode repeats the train-mode one."""
     kinds = (BatchNorm, nn.modules.batchnorm._BatchNorm, LpNorm, BatchNoise, nn.modules.dropout._DropoutNd)
-    return any(isinstance(m, kinds) for m in model.modules())
+    return any(isinstance(m, kinds) or any(name.startswith("running_") for name, _ in m.named_buffers(recurse=False))
+               for m in model.modules())
 
 
 def batchnorm_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -21,7 +21,9 @@ class _NormStyles(Mapping):
 
     def __getitem__(self, name: str) -> tuple[str, str]:
         kind, noisy = _kind(name)
-        norm = normalization(kind)
+        if kind not in NORMALIZATIONS:
+            raise KeyError(name)
+        norm = NORMALIZATIONS[kind]
         if noisy:
             return norm.noisy_label or f"{norm.label} + noise", norm.noisy_color
         return norm.label, norm.color
