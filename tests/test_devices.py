@@ -93,3 +93,40 @@ def test_gpu_check_without_cuda_says_why_and_writes_nothing(tmp_path):
     script = devices.__file__.replace("bnlab/util/devices.py", "scripts/gpu_check.py")
     done = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "gpu-check: CUDA is not available, but runtime.device=cuda" in done.stderr
+
+
+def test_tf32_emulation_rounds_to_ten_mantissa_bits_as_a_naive_formula_does(monkeypatch):
+    """scripts/tf32_emulation.py (issue 27's measurement of TF32 on VGG's verdicts, on a CPU): x = m 2^e with
+    m in [0.5, 1) keeps 11 significant bits, rounded to nearest with ties to even (Python's round)."""
+    import importlib
+    import math
+    from pathlib import Path
+
+    import torch.nn.functional as F
+
+    monkeypatch.setattr(F, "conv2d", F.conv2d)  # restored after the test: importing the module patches them
+    monkeypatch.setattr(F, "linear", F.linear)
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "scripts"))
+    sys.modules.pop("tf32_emulation", None)
+    emulation = importlib.import_module("tf32_emulation")
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(2000, generator=g) * 10.0 ** torch.randint(-8, 8, (2000,), generator=g),
+                   torch.tensor([1 + 2 ** -11, 1 + 3 * 2 ** -11, -(1 + 2 ** -11), 0.0, float("inf"), 1 - 2 ** -12])])
+    got = emulation.round_to_tf32(x)
+
+    def naive(v: float) -> float:
+        if v == 0 or math.isinf(v):
+            return v
+        m, e = math.frexp(v)
+        return math.ldexp(round(m * 2 ** 11) / 2 ** 11, e)
+
+    assert got.tolist() == [naive(v) for v in x.tolist()]
+    assert got[-6:-3].tolist() == [1.0, 1 + 2 ** -9, -1.0]  # ties to even
+    layer = torch.nn.Linear(4, 3)
+    inputs = torch.randn(5, 4, requires_grad=True)
+    out = layer(inputs)  # through the patched F.linear: the rounded product, the gradient straight through
+    want = emulation.round_to_tf32(inputs.detach()) @ emulation.round_to_tf32(layer.weight.detach()).T + layer.bias
+    torch.testing.assert_close(out, want)
+    out.sum().backward()
+    torch.testing.assert_close(inputs.grad, emulation.round_to_tf32(layer.weight.detach()).sum(0).expand(5, 4))
+    sys.modules.pop("tf32_emulation", None)
