@@ -24,7 +24,8 @@ class Normalization:
     """Everything the suite knows of one normalization (`norm.kind`), declared once with `register_norm`.
 
     build(num_features, momentum=, eps=, center_before_norm=, noise=) returns the layer between a conv or
-    linear layer and its nonlinearity; `noise` is a BatchNoise to apply to its output, or None.
+    linear layer and its nonlinearity; `noise` is a BatchNoise for it to apply to its output when the entry
+    says it does (`applies_noise`), else None (make_norm then puts the noise after the layer).
     """
 
     name: str
