@@ -44,6 +44,9 @@ class Normalization:
     applies_noise: bool = False
     # The measured norm whose step time plans this one's runs (bnlab.launch.costs) until it is measured itself.
     cost_as: str = "batch"
+    # Placed after the nonlinearity instead of before it (conv -> ReLU -> norm); only a model with
+    # nonlinearities can place it (VGG; the DLN has none).
+    after_activation: bool = False
 
 
 NORMALIZATIONS: dict[str, Normalization] = {}
@@ -410,3 +413,6 @@ register_norm(Normalization("layer", lambda n, *, eps, noise, **_: GroupNorm(n, 
                             "Standard + LayerNorm", "tab:brown", "-.", applies_noise=True))
 register_norm(Normalization("group", lambda n, *, eps, noise, **_: GroupNorm(n, groups_for(n), eps, noise),
                             "Standard + GroupNorm", "tab:cyan", "-.", applies_noise=True))
+# BatchNorm after the ReLU (a common practice the paper does not test): the same layer, placed after it.
+register_norm(Normalization("batch_after_relu", _batch_norm, "Standard + BatchNorm after ReLU", "tab:olive", "-.",
+                            applies_noise=True, after_activation=True))

@@ -173,3 +173,31 @@ def test_bnlab_train_reports_missing_data_without_a_traceback(tmp_path):
                           f"runtime.runs_dir={tmp_path}/runs"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert "bnlab-train: CIFAR-10 not found" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_batchnorm_after_relu_places_the_same_layer_after_the_nonlinearity():
+    """norm=batch_after_relu: conv -> ReLU -> BatchNorm in every block (the head's hidden layers too), checked
+    against the composition by hand; the conv keeps its bias (no shift comes before the ReLU); the DLN, with no
+    nonlinearity, refuses it."""
+    from bnlab.config import ConfigError, validate
+
+    cfg = compose(["model=vgg", "scale=smoke", "norm=batch_after_relu"])
+    validate(cfg)
+    torch.manual_seed(0)
+    model = build_model(cfg).double().train()
+    block = model.features[0]
+    assert block.conv.bias is not None and type(block.norm).__name__ == "BatchNorm"
+    x = torch.randn(6, 3, 32, 32, dtype=torch.float64)
+    reference = torch.nn.functional.batch_norm(torch.relu(block.conv(x)), None, None, block.norm.weight,
+                                               block.norm.bias, training=True, eps=block.norm.eps)
+    torch.testing.assert_close(block(x), reference)
+    hidden = model.classifier[0]
+    h = torch.randn(6, hidden.linear.in_features, dtype=torch.float64)
+    torch.testing.assert_close(hidden(h), torch.nn.functional.batch_norm(
+        torch.relu(hidden.linear(h)), None, None, hidden.norm.weight, hidden.norm.bias, training=True,
+        eps=hidden.norm.eps))
+    plain = build_model(compose(["model=vgg", "scale=smoke", "norm=batch"]))
+    assert plain.features[0].conv.bias is None  # before the ReLU, BN's shift replaces the bias
+    with pytest.raises(ConfigError) as err:
+        validate(compose(["model=dln", "scale=smoke", "norm=batch_after_relu"]))
+    assert err.value.key == "norm.kind"

@@ -17,7 +17,8 @@ from torch import nn
 from bnlab.models.dln import DeepLinearNet
 from bnlab.models.dln_stack import StackedDLN
 from bnlab.models.vgg import HEADS, LAYOUTS, VGG, validate_vgg
-from bnlab.util.checks import ConfigError, check_positive
+from bnlab.norms import normalization
+from bnlab.util.checks import ConfigError, check, check_positive
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,8 @@ def _validate_dln(cfg) -> None:
     for key in ("model.width", "model.depth"):
         check_positive(cfg, key, integer=True)
     check_positive(cfg, "model.init_gain")
+    check(not normalization(cfg.norm.kind).after_activation, "norm.kind", cfg.norm.kind,
+          "a normalization placed between maps: the DLN has no nonlinearity to place one after")
 
 
 def _stack_dln(models, cfg) -> nn.Module:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bnlab.norms import make_norm
+from bnlab.norms import make_norm, normalization
 from bnlab.util.checks import check, check_positive
 
 # Channel lists of the standard VGG depths; "M" is a 2x2 max pool.
@@ -55,29 +55,38 @@ def init_weight(weight, scheme: str, gain: float = 1.0) -> None:
 
 
 class ConvBlock(nn.Module):
-    """conv -> normalization slot -> ReLU. The slot's output (noise included) is the activation the
-    probes record: the input to the nonlinearity."""
+    """conv -> normalization slot -> ReLU (or conv -> ReLU -> slot, `after_activation`). The slot's output
+    (noise included) is the activation the probes record: the input to the nonlinearity, or with the slot
+    after it, the block's output."""
 
-    def __init__(self, in_channels: int, out_channels: int, norm: nn.Module, bias: bool):
+    def __init__(self, in_channels: int, out_channels: int, norm: nn.Module, bias: bool,
+                 after_activation: bool = False):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=bias)
         self.norm = norm
         self.relu = nn.ReLU()  # not in place: the probes hold on to the norm's output, the ReLU's input
+        self.after_activation = after_activation
 
     def forward(self, x):
+        if self.after_activation:
+            return self.norm(self.relu(self.conv(x)))
         return self.relu(self.norm(self.conv(x)))
 
 
 class LinearBlock(nn.Module):
-    """A hidden layer of the fully connected head: linear -> normalization slot -> ReLU."""
+    """A hidden layer of the fully connected head: linear -> normalization slot -> ReLU (or the slot after it)."""
 
-    def __init__(self, in_features: int, out_features: int, norm: nn.Module, bias: bool):
+    def __init__(self, in_features: int, out_features: int, norm: nn.Module, bias: bool,
+                 after_activation: bool = False):
         super().__init__()
         self.linear = nn.Linear(in_features, out_features, bias=bias)
         self.norm = norm
         self.relu = nn.ReLU()
+        self.after_activation = after_activation
 
     def forward(self, x):
+        if self.after_activation:
+            return self.norm(self.relu(self.linear(x)))
         return self.relu(self.norm(self.linear(x)))
 
 
@@ -100,17 +109,19 @@ class VGG(nn.Module):
             raise ValueError(f"model.depth: unknown VGG {depth!r}; allowed: {', '.join(LAYOUTS)}")
         if head not in HEADS:
             raise ValueError(f"model.head: unknown head {head!r}; allowed: {', '.join(HEADS)}")
-        bias = norm_kind == "none" if conv_bias == "auto" else bool(conv_bias)
+        after = normalization(norm_kind).after_activation
+        # auto: a norm's shift replaces the bias where it comes before the ReLU
+        bias = (norm_kind == "none" or after) if conv_bias == "auto" else bool(conv_bias)
         layers, channels = [], 3
         for item in LAYOUTS[depth]:
             if item == "M":
                 layers.append(nn.MaxPool2d(2))
                 continue
             out = max(1, round(item * width))
-            layers.append(ConvBlock(channels, out, make_norm(norm_kind, out, **norm_kwargs), bias))
+            layers.append(ConvBlock(channels, out, make_norm(norm_kind, out, **norm_kwargs), bias, after))
             channels = out
         self.features = nn.Sequential(*layers)
-        hidden = [LinearBlock(channels, channels, make_norm(norm_kind, channels, **norm_kwargs), bias)
+        hidden = [LinearBlock(channels, channels, make_norm(norm_kind, channels, **norm_kwargs), bias, after)
                   for _ in range(HEADS[head] - 1)]
         # 32x32 -> 1x1 after five pools; the output layer keeps its bias (it has no norm to replace it)
         self.classifier = nn.Sequential(*hidden, nn.Linear(channels, num_classes)) if hidden else \
