@@ -47,6 +47,12 @@ class Normalization:
     # Placed after the nonlinearity instead of before it (conv -> ReLU -> norm); only a model with
     # nonlinearities can place it (VGG; the DLN has none).
     after_activation: bool = False
+    # Whether a learnable shift follows the conv/linear layer before its ReLU, so that VGG's `conv_bias: auto`
+    # drops the layer's own bias (it would be redundant).
+    shifts: bool = True
+    # A reparametrization of the conv/linear layer before the slot, applied after its initialization:
+    # WeightNorm (Salimans & Kingma 2016) writes each output unit's weight as g v / |v|.
+    reparametrize: Callable[[nn.Module], nn.Module] | None = None
 
 
 NORMALIZATIONS: dict[str, Normalization] = {}
@@ -400,7 +406,8 @@ def _stacked_lp_norm(p: float):
 
 # The paper's normalizations, in its colours where it has them; l_p dashed, as in its figures 11-13.
 register_norm(Normalization("none", _no_norm, "Standard", "tab:red", noisy_label="Standard + noise (no BN)",
-                            noisy_color="tab:gray", build_stacked=_stacked_none, applies_noise=True, cost_as="none"))
+                            noisy_color="tab:gray", build_stacked=_stacked_none, applies_noise=True, cost_as="none",
+                            shifts=False))
 register_norm(Normalization("batch", _batch_norm, "Standard + BatchNorm", "tab:blue",
                             noisy_label='Standard + "Noisy" BatchNorm', noisy_color="tab:orange",
                             build_stacked=_stacked_batch_norm, applies_noise=True))
@@ -415,4 +422,9 @@ register_norm(Normalization("group", lambda n, *, eps, noise, **_: GroupNorm(n, 
                             "Standard + GroupNorm", "tab:cyan", "-.", applies_noise=True))
 # BatchNorm after the ReLU (a common practice the paper does not test): the same layer, placed after it.
 register_norm(Normalization("batch_after_relu", _batch_norm, "Standard + BatchNorm after ReLU", "tab:olive", "-.",
-                            applies_noise=True, after_activation=True))
+                            applies_noise=True, after_activation=True, shifts=False))
+# WeightNorm: no layer in the slot; the layer before it reparametrized, each output unit's weight g v / |v| with g
+# starting at |v| (the initial function unchanged). torch's own parametrization.
+register_norm(Normalization("weight", _no_norm, "Standard + WeightNorm", "tab:gray", ":", applies_noise=True,
+                            cost_as="none", shifts=False,
+                            reparametrize=lambda layer: nn.utils.parametrizations.weight_norm(layer, dim=0)))

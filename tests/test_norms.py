@@ -265,3 +265,31 @@ def test_per_sample_normalizers_build_into_both_models(kind):
         model = build_model(cfg)
         x = torch.randn(4, 10) if cfg.model.name == "dln" else torch.randn(4, 3, 32, 32)
         assert torch.isfinite(model(x)).all()
+
+
+@pytest.mark.parametrize("model_name", ["vgg", "dln"])
+def test_weight_norm_reparametrizes_every_normalized_layer_and_starts_as_the_standard_network(model_name):
+    """norm=weight: each conv/linear layer a normalization would follow has weight g v / |v| per output unit
+    (checked by hand in float64); the output layer (and the DLN's last map) stays plain; at initialization
+    the network computes what the standard one does at the same seed (g starts at |v|, nothing else drawn)."""
+    from bnlab.config import compose
+    from bnlab.models import build_model
+
+    def built(norm):
+        torch.manual_seed(0)
+        return build_model(compose([f"model={model_name}", "scale=smoke", f"norm={norm}"])).double()
+
+    weighted, standard = built("weight"), built("none")
+    layers = [m for m in weighted.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    reparametrized = [m for m in layers if hasattr(m, "parametrizations")]
+    assert len(reparametrized) == len(layers) - 1 and not hasattr(layers[-1], "parametrizations")
+    for layer in reparametrized:
+        g = layer.parametrizations.weight.original0
+        v = layer.parametrizations.weight.original1
+        norms = v.flatten(1).norm(dim=1).view(-1, *([1] * (v.dim() - 1)))
+        torch.testing.assert_close(layer.weight, g * v / norms)
+    x = torch.randn(4, 10, dtype=torch.float64) if model_name == "dln" else torch.randn(4, 3, 32, 32).double()
+    # equal to float32 rounding: g = |v| is computed when the float32 model is built
+    torch.testing.assert_close(weighted.train()(x), standard.train()(x), rtol=1e-4, atol=1e-6)
+    weighted(x).square().sum().backward()
+    assert all(layer.parametrizations.weight.original0.grad is not None for layer in reparametrized)

@@ -83,6 +83,38 @@ def test_ics_matches_naive_recomputation(make):
     assert any(v["l2"] > 1e-6 for v in got.values())  # the test would notice a probe returning zeros
 
 
+def test_ics_under_weight_norm_takes_the_direction_as_the_layers_weight():
+    """Under torch's WeightNorm (W = g v / |v|) the layer's W is its direction v; the parameters before the
+    layer (every earlier layer's g, v and bias) take their step, the layer's own (its bias, registered before
+    the parametrization, and g) do not. Checked against a recomputation on copies."""
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)).double()
+    for i in (0, 2):
+        nn.utils.parametrizations.weight_norm(model[i])
+    x, y = batch_for(model)
+    updated = sgd_update(model, x, y)
+    got = probes.ics(model, cross_entropy, x, y, updated)
+    names = [n for n, _ in model.named_parameters()]
+    current = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    def grad_of_v(params, layer):
+        twin = copy.deepcopy(model)
+        with torch.no_grad():
+            for n, p in twin.named_parameters():
+                p.copy_(params[n])
+        cross_entropy(twin(x), y).backward()
+        return twin.get_submodule(layer).parametrizations.weight.original1.grad
+
+    for layer in ("2",):
+        before = names[:min(names.index(n) for n in names if n.startswith(f"{layer}."))]  # its bias comes first
+        mixed = {n: (updated[n] if n in before else current[n]) for n in names}
+        g, g_mixed = grad_of_v(current, layer), grad_of_v(mixed, layer)
+        assert got[layer]["l2"] == pytest.approx((g - g_mixed).norm().item(), rel=1e-9)
+        assert got[layer]["cos"] == pytest.approx(
+            F.cosine_similarity(g.flatten(), g_mixed.flatten(), dim=0).item(), rel=1e-9)
+    assert got["0"]["l2"] == 0.0 and got["2"]["l2"] > 0 and list(got) == ["0", "2", "4"]
+
+
 def test_ics_three_layer_linear_network_by_hand():
     """L = ||W3 W2 W1 X - Y||_F^2 with R = 2 (W3 W2 W1 X - Y):
     dL/dW1 = (W3 W2)^T R X^T, dL/dW2 = W3^T R (W1 X)^T, dL/dW3 = R (W2 W1 X)^T."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bnlab.norms import make_norm
+from bnlab.norms import make_norm, normalization
 
 
 class LinearBlock(nn.Module):
@@ -47,6 +47,10 @@ class DeepLinearNet(nn.Module):
         for block in self.blocks:
             # Glorot, as in the paper; init_gain scales it (calibration: the product of 25 maps grows as gain^25)
             nn.init.xavier_uniform_(block.linear.weight, gain=init_gain)
+        reparametrize = normalization(norm_kind).reparametrize
+        if reparametrize is not None:  # the maps a normalization follows: all but the last
+            for block in self.blocks[:-1]:
+                reparametrize(block.linear)
 
     def forward(self, x):
         return self.blocks(x)

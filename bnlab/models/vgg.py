@@ -109,9 +109,10 @@ class VGG(nn.Module):
             raise ValueError(f"model.depth: unknown VGG {depth!r}; allowed: {', '.join(LAYOUTS)}")
         if head not in HEADS:
             raise ValueError(f"model.head: unknown head {head!r}; allowed: {', '.join(HEADS)}")
-        after = normalization(norm_kind).after_activation
+        entry = normalization(norm_kind)
+        after = entry.after_activation
         # auto: a norm's shift replaces the bias where it comes before the ReLU
-        bias = (norm_kind == "none" or after) if conv_bias == "auto" else bool(conv_bias)
+        bias = not entry.shifts if conv_bias == "auto" else bool(conv_bias)
         layers, channels = [], 3
         for item in LAYOUTS[depth]:
             if item == "M":
@@ -131,6 +132,12 @@ class VGG(nn.Module):
                 init_weight(m.weight, init, init_gain)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+        if entry.reparametrize is not None:  # every layer with a normalization slot: all but the output layer
+            for block in [*self.features, *hidden]:
+                if isinstance(block, ConvBlock):
+                    entry.reparametrize(block.conv)
+                elif isinstance(block, LinearBlock):
+                    entry.reparametrize(block.linear)
 
     def forward(self, x):
         return self.classifier(self.features(x).flatten(1))

@@ -46,20 +46,22 @@ def ics_tensors(model, loss_fn, inputs, targets, updated, layers=None) -> dict[s
         raise KeyError(f"ics: `updated` lacks parameters {missing[:5]}{'...' if len(missing) > 5 else ''}; "
                        "pass the value of every parameter after the optimizer step")
     chosen = _choose_layers(model, layers)
-    weights = [f"{name}.weight" for name, _ in chosen]
+    weights = [_weight_name(name, position) for name, _ in chosen]
+    # where each layer's own parameters begin: the ones before it take their step for G'
+    firsts = [min(position[n] for n in names if n.startswith(f"{name}.")) for name, _ in chosen]
     params = [p for _, p in named]
     runs = _runs(model)
     with _Measurement(model, _device_of(model, inputs)) as m:
         grads_t = torch.autograd.grad(_loss(model, loss_fn, inputs, targets, m).sum(),
                                       [params[position[w]] for w in weights])
         result, done = {}, 0  # params[:done] hold their updated values
-        for (module_name, _), weight, g in zip(chosen, weights, grads_t, strict=True):
+        for (module_name, _), weight, first, g in zip(chosen, weights, firsts, grads_t, strict=True):
             j = position[weight]
             with torch.no_grad():
-                for k in range(done, j):
+                for k in range(done, first):
                     params[k].copy_(updated[names[k]])
-            done = max(done, j)
-            if j == 0:  # nothing comes before the first weight: G' is G by definition
+            done = max(done, first)
+            if first == 0:  # nothing comes before the first layer: G' is G by definition
                 g_mixed = g
             else:
                 (g_mixed,) = torch.autograd.grad(_loss(model, loss_fn, inputs, targets, m).sum(), [params[j]])
@@ -67,6 +69,15 @@ def ics_tensors(model, loss_fn, inputs, targets, updated, layers=None) -> dict[s
             result[module_name] = {"l2": _single(torch.linalg.vector_norm(g_rows - mixed_rows, dim=1), runs),
                                    "cos": _single(F.cosine_similarity(g_rows, mixed_rows, dim=1), runs)}
     return result
+
+
+def _weight_name(layer: str, position: dict[str, int]) -> str:
+    """The parameter W_i of a layer: its weight, or under WeightNorm (torch's parametrization, g v / |v|) the
+    direction v, which plays W's part."""
+    for name in (f"{layer}.weight", f"{layer}.parametrizations.weight.original1"):
+        if name in position:
+            return name
+    raise KeyError(f"ics: layer {layer!r} has no weight parameter")
 
 
 def _choose_layers(model, layers):
