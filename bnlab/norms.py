@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bnlab.util.checks import ConfigError
+from bnlab.util.registry import lookup, register
 
 
 @dataclass(frozen=True)
@@ -61,17 +61,11 @@ NORMALIZATIONS: dict[str, Normalization] = {}
 def register_norm(norm: Normalization) -> Normalization:
     """Declare a normalization: `norm=NAME` (or `norm.kind=NAME`) then trains with it, every probe that
     applies measures it, and figures draw it in its style. The paper's claims keep their own sets."""
-    if norm.name in NORMALIZATIONS and NORMALIZATIONS[norm.name] != norm:
-        raise ValueError(f"normalization {norm.name!r} is registered already")
-    NORMALIZATIONS[norm.name] = norm
-    return norm
+    return register(NORMALIZATIONS, norm, "normalization")
 
 
 def normalization(kind: str) -> Normalization:
-    if kind not in NORMALIZATIONS:
-        raise ConfigError("norm.kind", kind, f"{', '.join(NORMALIZATIONS)} (a normalization of your own: is its "
-                          f"module named in BNLAB_PLUGINS?)")
-    return NORMALIZATIONS[kind]
+    return lookup(NORMALIZATIONS, kind, "norm.kind", "normalization")
 
 
 def _unit_dims(x: torch.Tensor) -> list[int]:

@@ -18,7 +18,8 @@ from bnlab.models.dln import DeepLinearNet
 from bnlab.models.dln_stack import StackedDLN
 from bnlab.models.vgg import HEADS, LAYOUTS, VGG, validate_vgg
 from bnlab.norms import normalization
-from bnlab.util.checks import ConfigError, check, check_positive
+from bnlab.util.checks import check, check_positive
+from bnlab.util.registry import lookup, register
 
 
 @dataclass(frozen=True)
@@ -40,17 +41,11 @@ MODEL_FAMILIES: dict[str, ModelFamily] = {}
 
 def register_model(family: ModelFamily) -> ModelFamily:
     """Declare a model family: `model.name=NAME` then builds, validates, trains and is probed like the paper's."""
-    if family.name in MODEL_FAMILIES and MODEL_FAMILIES[family.name] != family:
-        raise ValueError(f"model family {family.name!r} is registered already")
-    MODEL_FAMILIES[family.name] = family
-    return family
+    return register(MODEL_FAMILIES, family, "model family")
 
 
 def model_family(name: str) -> ModelFamily:
-    if name not in MODEL_FAMILIES:
-        raise ConfigError("model.name", name, f"{', '.join(MODEL_FAMILIES)} (a model of your own: is its module "
-                          f"named in BNLAB_PLUGINS?)")
-    return MODEL_FAMILIES[name]
+    return lookup(MODEL_FAMILIES, name, "model.name", "model")
 
 
 def norm_kwargs(norm_cfg) -> dict:

@@ -1,1 +1,2 @@
-"""Layer 0: small helpers that know nothing of bnlab (files, generator states, devices, processes)."""
+"""Layer 0: small helpers that know nothing of bnlab's science (files, generator states, devices, processes,
+config checks, the registries' mechanics)."""
