@@ -19,22 +19,23 @@ from omegaconf.errors import InterpolationKeyError
 from bnlab.data.cifar10 import SOURCES, resolve_source
 from bnlab.data.datasets import INPUT_SCALES
 from bnlab.models import model_family, num_layers
-from bnlab.norms import normalization
+from bnlab.norms import STATISTICS, normalization
 from bnlab.probes.measurement import MODES
 from bnlab.util.checks import ConfigError, check, check_positive
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-NOT_IDENTITY = ("runtime", "logger", "experiment_name", "hydra")
+NOT_IDENTITY = ("runtime", "logger", "experiment_name", "sweep_skips", "hydra")
 DATA_LOCATION = ("root", "cache_dir", "download", "sha256")
-PROBES = ("ics", "landscape", "activations", "bn_sigma", "hessian", "theorems")
+PROBES = ("ics", "landscape", "activations", "bn_sigma", "hessian", "theorems", "spectrum")
 # probes added after runs were stored: part of a run's identity only when enabled
-ADDED_PROBES = ("hessian", "theorems")
+ADDED_PROBES = ("hessian", "theorems", "spectrum")
 # keys added after runs were stored, with the value those runs had: left out of the identity at that value
 ADDED_MODEL_KEYS = {"vgg": {"init_gain": 1.0}, "dln": {"bias": False}}
 # A scale's settings that a model key carries into the identity already (model.init: ${scale.vgg.init}); left
 # out of the scale's part, so that the runs stored before the scale set them keep their keys.
 CARRIED_SCALE_KEYS = {"vgg": ("init", "init_gain")}
 ADDED_DATA_KEYS = {"gaussian": {"target_spectrum": "gaussian"}}
+ADDED_NORM_KEYS = {"statistics": "batch"}
 TARGET_SPECTRA = ("gaussian", "orthogonal")
 
 if not OmegaConf.has_resolver("mul"):
@@ -111,6 +112,10 @@ def validate(cfg: DictConfig) -> None:
         check(value is None or isinstance(value, bool), key, value, "true or false")
     family = model_family(cfg.model.name)  # each raises ConfigError naming what is registered
     normalization(cfg.norm.kind)
+    statistics = cfg.norm.get("statistics", "batch")
+    check(statistics in STATISTICS, "norm.statistics", statistics, " or ".join(STATISTICS))
+    check(statistics == "batch" or normalization(cfg.norm.kind).population, "norm.statistics", statistics,
+          f"batch: norm.kind={cfg.norm.kind} keeps no running statistics (population: norm=batch_population)")
     check(isinstance(cfg.seed, int) and cfg.seed >= 0, "seed", cfg.seed, "an integer >= 0")
     check_positive(cfg, "optim.lr")
     check(cfg.optim.momentum >= 0, "optim.momentum", cfg.optim.momentum, "a number >= 0")
@@ -207,6 +212,7 @@ def _validate_probes(cfg, layers: int):
         check_positive(cfg, "probes.hessian.tolerance")
         check(isinstance(h.trace_samples, int) and h.trace_samples >= 0, "probes.hessian.trace_samples",
                h.trace_samples, "an integer >= 0 (0: no trace)")
+    _validate_spectrum(p.get("spectrum"))
     t = p.theorems
     check(isinstance(t.enabled, bool), "probes.theorems.enabled", t.enabled, "true or false")
     if t.enabled:
@@ -233,6 +239,23 @@ def _validate_runtime(cfg):
     if r.checkpoint_every is not None:
         check_positive(cfg, "runtime.checkpoint_every", integer=True)
     check_positive(cfg, "logger.wandb.every_n_steps", integer=True)
+
+
+def _validate_spectrum(s) -> None:
+    if s is None:  # a stored run's config from before the probe
+        return
+    check(isinstance(s.enabled, bool), "probes.spectrum.enabled", s.enabled, "true or false")
+    if not s.enabled:
+        return
+    at = list(s.at) if isinstance(s.at, ListConfig | list) else s.at
+    check(isinstance(at, list) and len(at) > 0 and all(isinstance(f, int | float) and 0 <= f <= 1 for f in at),
+          "probes.spectrum.at", at, "a list of fractions of the run in [0, 1]")
+    modes = list(s.modes) if isinstance(s.modes, ListConfig | list) else s.modes
+    check(isinstance(modes, list) and 0 < len(modes) == len(set(modes)) and set(modes) <= set(MODES),
+          "probes.spectrum.modes", modes, "a list of train (batch statistics) and/or eval (running statistics)")
+    for key in ("iterations", "runs"):
+        check(isinstance(s[key], int) and not isinstance(s[key], bool) and s[key] >= 1, f"probes.spectrum.{key}",
+              s[key], "an integer >= 1")
 
 
 def tf32(cfg: DictConfig) -> bool:
@@ -265,7 +288,8 @@ def identity(cfg: DictConfig) -> dict:
             probes.pop(name, None)
     model = container.get("model", {}).get("name")
     for section, added in (("model", ADDED_MODEL_KEYS.get(model, {})),
-                           ("data", ADDED_DATA_KEYS.get(container.get("data", {}).get("name"), {}))):
+                           ("data", ADDED_DATA_KEYS.get(container.get("data", {}).get("name"), {})),
+                           ("norm", ADDED_NORM_KEYS)):
         for key, stored in added.items():
             if container[section].get(key) == stored:
                 container[section].pop(key)
@@ -285,6 +309,11 @@ def dry_run() -> bool:
 def probes_enabled(cfg: DictConfig) -> bool:
     """Whether the run measures anything beyond training (a stored run's config may predate a probe)."""
     return any(OmegaConf.select(cfg, f"probes.{name}.enabled", default=False) for name in PROBES)
+
+
+def scheduled_probes_enabled(cfg: DictConfig) -> bool:
+    """Whether a probe measured at the steps `probes.every` sets is on (the curvature probes keep their own steps)."""
+    return any(OmegaConf.select(cfg, f"probes.{name}.enabled", default=False) for name in SCHEDULED_PROBES)
 
 
 def trajectory_identity(cfg: DictConfig) -> dict:
@@ -311,12 +340,27 @@ def probes_cover(bigger: DictConfig, smaller: DictConfig) -> bool:
     return all(big.get(name) == small[name] for name in enabled)
 
 
+def skipped_in_sweep(cfg: DictConfig) -> str | None:
+    """The entry of `sweep_skips` that leaves this run out of its experiment's sweep (every dotted key of the
+    entry has its value here: {model.name: dln, norm.kind: batch_after_relu}), as text; None when none does."""
+    for entry in cfg.get("sweep_skips") or []:
+        if all(OmegaConf.select(cfg, key, default=None) == value for key, value in entry.items()):
+            return ", ".join(f"{key}={value}" for key, value in entry.items())
+    return None
+
+
+def norm_label(cfg: DictConfig) -> str:
+    """The normalization as run keys and logs name it: norm.kind, then +population (norm.statistics) and +noise."""
+    statistics = cfg.norm.get("statistics", "batch")
+    return cfg.norm.kind + ("" if statistics == "batch" else f"+{statistics}") + \
+        ("+noise" if cfg.norm.noise.enabled else "")
+
+
 def run_key(cfg: DictConfig) -> str:
     """Readable and unique: model-norm-lr-seed, then a hash of the whole identity."""
     ident = identity(cfg)
     digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:10]
-    norm = cfg.norm.kind + ("+noise" if cfg.norm.noise.enabled else "")
-    return f"{cfg.model.name}-{norm}-lr{cfg.optim.lr:g}-seed{cfg.seed}-{digest}"
+    return f"{cfg.model.name}-{norm_label(cfg)}-lr{cfg.optim.lr:g}-seed{cfg.seed}-{digest}"
 
 
 def load_plugins() -> list[str]:

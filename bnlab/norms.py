@@ -53,6 +53,9 @@ class Normalization:
     # A reparametrization of the conv/linear layer before the slot, applied after its initialization:
     # WeightNorm (Salimans & Kingma 2016) writes each output unit's weight as g v / |v|.
     reparametrize: Callable[[nn.Module], nn.Module] | None = None
+    # Whether it takes `norm.statistics=population` (its builders then get population=True): normalize with the
+    # running (population) estimates in training too, Ghorbani et al. 2019's arm.
+    population: bool = False
 
 
 NORMALIZATIONS: dict[str, Normalization] = {}
@@ -136,17 +139,33 @@ class BatchNorm(_AffineNorm):
     Training mode uses the biased batch variance and updates the running mean and the unbiased running
     variance, exactly as torch.nn.BatchNorm1d/2d (and through the same fused kernel, which is much
     faster than composing the steps: the DLN is launch-bound).
+
+    `population=True` (Ghorbani et al. 2019's arm, `norm.statistics=population`): training mode first updates
+    the running estimates with the batch's statistics as above, then normalizes with those estimates, held
+    constant (no gradient flows through them): the population statistics in the forward pass during training,
+    the batch only feeding their estimate. Evaluation mode is unchanged.
     """
 
-    def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5, noise: BatchNoise | None = None):
+    def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5, noise: BatchNoise | None = None,
+                 population: bool = False):
         super().__init__(num_features, momentum, eps, noise)
+        self.population = population
         self.register_buffer("running_mean", torch.zeros(num_features))
         self.register_buffer("running_var", torch.ones(num_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                         self.training, self.momentum, self.eps)
-        return self._finish(y)
+        return self._finish(self._batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias))
+
+    def _batch_norm(self, x, running_mean, running_var, weight, bias) -> torch.Tensor:
+        training = self.training
+        if training and self.population:
+            with torch.no_grad():  # the estimates' update alone (its output is dropped), as torch makes it
+                F.batch_norm(x.detach(), running_mean, running_var, None, None, True, self.momentum, self.eps)
+            training = False
+        return F.batch_norm(x, running_mean, running_var, weight, bias, training, self.momentum, self.eps)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", statistics=population" if self.population else "")
 
 
 def lp_normalize(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, p: float, center: bool, eps: float,
@@ -308,9 +327,8 @@ class StackedBatchNorm(BatchNorm):
     def forward(self, h):
         runs, width, n = h.shape
         units = runs * width
-        return F.batch_norm(h.view(1, units, n), self.running_mean.view(units), self.running_var.view(units),
-                            self.weight.view(units), self.bias.view(units), self.training, self.momentum,
-                            self.eps).view(runs, width, n)
+        return self._batch_norm(h.view(1, units, n), self.running_mean.view(units), self.running_var.view(units),
+                                self.weight.view(units), self.bias.view(units)).view(runs, width, n)
 
 
 class StackedLpNorm(LpNorm):
@@ -354,17 +372,35 @@ def groups_for(num_features: int) -> int:
     return math.gcd(num_features, GROUPS)
 
 
+STATISTICS = ("batch", "population")  # norm.statistics
+
+
+def statistics_kwargs(kind: str, statistics: str) -> dict:
+    """What a normalization's builders get for `norm.statistics`: population=True where it takes population
+    statistics, nothing for the default (batch); a ValueError for a normalization that cannot take them."""
+    if statistics not in STATISTICS:
+        raise ValueError(f"norm.statistics must be one of {', '.join(STATISTICS)}, got {statistics!r}")
+    if statistics == "batch":
+        return {}
+    if not normalization(kind).population:
+        takers = ", ".join(n for n, e in NORMALIZATIONS.items() if e.population)
+        raise ValueError(f"norm.statistics={statistics}: normalization {kind!r} keeps no running statistics to "
+                         f"normalize with (it takes: {takers})")
+    return {"population": True}
+
+
 def make_norm(kind: str, num_features: int, *, momentum: float = 0.1, eps: float = 1e-5,
-              center_before_norm: bool = False, noise: dict | None = None) -> nn.Module:
+              center_before_norm: bool = False, noise: dict | None = None, statistics: str = "batch") -> nn.Module:
     """Build the layer that sits between a conv/linear layer and its nonlinearity.
 
     `noise` (the constants n_mu, n_sigma, r_mu, r_sigma) adds the noisy-BatchNorm noise to the layer's
-    output; with kind "none" that is noise on the raw pre-activations (paper, section 2.1).
+    output; with kind "none" that is noise on the raw pre-activations (paper, section 2.1). `statistics`:
+    "population" normalizes with the running estimates in training too (statistics_kwargs).
     """
     entry = normalization(kind)
     noise_layer = BatchNoise(**noise) if noise else None
     layer = entry.build(num_features, momentum=momentum, eps=eps, center_before_norm=center_before_norm,
-                        noise=noise_layer if entry.applies_noise else None)
+                        noise=noise_layer if entry.applies_noise else None, **statistics_kwargs(kind, statistics))
     if noise_layer is not None and not entry.applies_noise:
         layer = nn.Sequential(layer, noise_layer)
     return layer
@@ -374,8 +410,8 @@ def _no_norm(num_features, *, noise, **_):
     return noise if noise is not None else nn.Identity()
 
 
-def _batch_norm(num_features, *, momentum, eps, noise, **_):
-    return BatchNorm(num_features, momentum, eps, noise)
+def _batch_norm(num_features, *, momentum, eps, noise, population=False, **_):
+    return BatchNorm(num_features, momentum, eps, noise, population)
 
 
 def _lp_norm(p: float):
@@ -388,8 +424,8 @@ def _stacked_none(shape, **_):
     return nn.Identity()
 
 
-def _stacked_batch_norm(shape, *, momentum, eps, **_):
-    return StackedBatchNorm(shape, momentum, eps)
+def _stacked_batch_norm(shape, *, momentum, eps, population=False, **_):
+    return StackedBatchNorm(shape, momentum, eps, population=population)
 
 
 def _stacked_lp_norm(p: float):
@@ -404,7 +440,7 @@ register_norm(Normalization("none", _no_norm, "Standard", "tab:red", noisy_label
                             shifts=False))
 register_norm(Normalization("batch", _batch_norm, "Standard + BatchNorm", "tab:blue",
                             noisy_label='Standard + "Noisy" BatchNorm', noisy_color="tab:orange",
-                            build_stacked=_stacked_batch_norm, applies_noise=True))
+                            build_stacked=_stacked_batch_norm, applies_noise=True, population=True))
 for _name, _p, _label, _color in (("l1", 1.0, "L1", "tab:green"), ("l2", 2.0, "L2", "tab:purple"),
                                   ("linf", math.inf, "L∞", "tab:pink")):
     register_norm(Normalization(_name, _lp_norm(_p), f"Standard + {_label}", _color, "--",

@@ -33,7 +33,7 @@ from bnlab.launch.slurm import LaunchError, check_launcher, launchers
 from bnlab.store.checkpoint import CheckpointError
 from bnlab.util.devices import DeviceError
 from bnlab.util.files import atomic_write
-from experiments import figure_module, figure_names
+from experiments import figure_group, figure_module, figure_names
 from experiments.lib.listing import listing_cache
 from experiments.lib.plotting import STYLE
 from experiments.lib.report import write_results
@@ -119,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     figures = figure_names()
     parser = argparse.ArgumentParser(prog="bnlab-figure", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("name", nargs="?", help=f"a figure ({', '.join(figures)}) or 'all'")
+    parser.add_argument("name", nargs="?", help=f"a figure ({', '.join(figures)}), 'all' (every figure but those "
+                        f"beyond the paper's questions: {', '.join(figure_group(figures, 'beyond'))}) or 'beyond' "
+                        "(those)")
     parser.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. train.steps=300")
     parser.add_argument("--scale", default="paper", help="smoke or paper (default: paper)")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per config (default: the scale's)")
@@ -141,10 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.name is None:
         parser.error("name a figure, or 'all' (bnlab-figure --list shows them)")
 
-    names = list(figures) if args.name == "all" else [args.name]
+    names = figure_group(figures, args.name) if args.name in ("all", "beyond") else [args.name]
     unknown = [n for n in names if n not in figures]
     if unknown:
-        parser.error(f"unknown figure {unknown[0]!r}; choose one of: all, {', '.join(figures)}")
+        parser.error(f"unknown figure {unknown[0]!r}; choose one of: all, beyond, {', '.join(figures)}")
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
         parser.error(f"overrides look like key=value; got {bad[0]!r}")

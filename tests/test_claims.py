@@ -230,3 +230,27 @@ def test_results_from_before_three_valued_verdicts_are_dropped_not_merged(tmp_pa
     assert list(data) == ["figure2", "figure3"]  # figure1's old-form entry is gone; figure2 had no claims
     readme = (tmp_path / "README.md").read_text()
     assert "## figure3" in readme and "| a | q | r | band | p | m | holds; mean: holds | holds |" in readme
+
+
+def test_the_spectrum_figures_outlier_ratio_by_hand():
+    """The top Ritz value over the bulk's edge: the smallest |Ritz value| below which all but BULK_MASS (1e-3) of
+    the quadrature's weight lies; capped at CAP where the bulk has collapsed onto 0."""
+    from experiments.spectrum import CAP, outlier_ratio
+
+    nodes = np.array([-2.0, -0.5, 0.1, 1.0, 3.0, 60.0])
+    weights = np.array([0.1, 0.3, 0.3, 0.2, 0.0995, 0.0005])  # 60 carries 5e-4 < 1e-3: an outlier; 3 is the edge
+    assert outlier_ratio(nodes, weights) == pytest.approx(20.0)
+    weights = np.array([0.1, 0.3, 0.3, 0.2, 0.098, 0.002])  # now 60 carries more than 1e-3: it is the edge itself
+    assert outlier_ratio(nodes, weights) == pytest.approx(1.0)
+    collapsed = np.array([1e-9, -1e-9, 5.0])
+    assert outlier_ratio(collapsed, np.array([0.6, 0.3999, 0.0001])) == CAP
+    assert math.isnan(outlier_ratio(np.array([-1.0, -2.0]), np.array([0.5, 0.5])))
+
+
+def test_all_draws_the_papers_figures_and_beyond_the_rest():
+    from experiments import figure_group, figure_names
+
+    names = figure_names()
+    beyond = figure_group(names, "beyond")
+    assert beyond == ["spectrum", "normalizers"] and "curvature" in figure_group(names, "all")
+    assert sorted(figure_group(names, "all") + beyond) == sorted(names)

@@ -221,3 +221,29 @@ def test_ctrl_c_checkpoints_and_ends_with_one_line(tmp_path):
     assert err.strip().splitlines()[-1].startswith("bnlab-train: interrupted; the run checkpointed")
     summary = json.loads(next(tmp_path.glob("smoke/*/summary.json")).read_text())
     assert summary["status"] == "interrupted" and summary["steps_completed"] > 100
+
+
+def test_an_experiments_sweep_skips_the_combinations_it_names(runs_dir, capsys):
+    """experiment=normalizers sweeps both models over six normalizers and skips the one the DLN refuses:
+    bnlab-figure's sweep leaves it out, and bnlab-train's job for it says so and trains nothing. Neither
+    sweep_skips nor the figure's name is part of a run's identity."""
+    from bnlab.cli.train import main as train_main
+    from bnlab.config import identity, skipped_in_sweep
+
+    cfgs = sweep("normalizers", "smoke", 1)
+    pairs = [(c.model.name, c.norm.kind) for c in cfgs]
+    assert len(pairs) == 11 and ("dln", "batch_after_relu") not in pairs and ("vgg", "batch_after_relu") in pairs
+    refused = compose(["experiment=normalizers", "scale=smoke", "model=dln", "norm=batch_after_relu"])
+    assert skipped_in_sweep(refused) == "model.name=dln, norm.kind=batch_after_relu"
+    assert skipped_in_sweep(compose(["scale=smoke", "model=dln", "norm=batch"])) is None
+    assert "sweep_skips" not in identity(cfgs[0])
+    argv = sys.argv
+    sys.argv = ["bnlab-train", "experiment=normalizers", "scale=smoke", "model=dln", "norm=batch_after_relu",
+                f"runtime.runs_dir={runs_dir}", "hydra.run.dir=" + str(runs_dir / "hydra"), "logger=none"]
+    try:
+        train_main()
+    finally:
+        sys.argv = argv
+    assert "skipped model.name=dln, norm.kind=batch_after_relu: experiment normalizers leaves it out" in \
+        capsys.readouterr().err
+    assert not (runs_dir / "smoke").exists()

@@ -3,6 +3,7 @@ parameters), on small models with and without BatchNorm, with batch statistics (
 statistics (eval)."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -341,3 +342,80 @@ def test_eval_mode_spectrum_matches_pyhessians_density(monkeypatch):
     for ritz in ours["ritz_values"]:
         assert max(ritz) == pytest.approx(max(values), rel=1e-3)
         assert min(ritz) == pytest.approx(min(values), abs=1e-3 * max(values))
+
+
+SPECTRUM = ["probes.spectrum.enabled=true", "probes.spectrum.at=[0,0.5,1.0]", "probes.spectrum.iterations=6",
+            "probes.spectrum.runs=2"]
+
+
+def test_a_run_logs_the_spectrum_at_its_steps_and_trains_as_without(runs_dir):
+    """The spectrum probe measures at round(f x steps) (1.0: the last step), in both modes, logs each Lanczos
+    run's Ritz values and weights (each run's weights summing to 1) and what they estimate, and leaves the
+    trajectory bit for bit. At step 0 its quadrature is hessian_spectrum's on the step's batch at initialization,
+    recomputed independently (which test_spectrum_matches_the_dense_hessian checks against the dense Hessian)."""
+    from runhelpers import metrics
+
+    from bnlab.config import compose
+    from bnlab.data.datasets import build_data
+    from bnlab.models import build_model
+    from bnlab.training.runner import run
+
+    plain, probed = metrics(run(compose(SMALL_DLN))), metrics(run(compose([*SMALL_DLN, *SPECTRUM])))
+    loss = probed[probed.metric == "loss"].reset_index(drop=True)
+    assert loss.equals(plain[plain.metric == "loss"].reset_index(drop=True))
+    for mode in ("train", "eval"):
+        nodes = probed[probed.metric.str.startswith(f"spectrum_node_{mode}#u")]
+        weights = probed[probed.metric.str.startswith(f"spectrum_weight_{mode}#u")]
+        assert sorted(nodes.step.unique()) == [0, 6, 11] and len(nodes) == 3 * 2 * 6
+        for step in (0, 6, 11):
+            w = weights[weights.step == step].set_index("metric").value
+            per_run = [w[[f"spectrum_weight_{mode}#u{k}" for k in range(r * 6, r * 6 + 6)]].sum() for r in (0, 1)]
+            assert per_run == pytest.approx([1.0, 1.0], abs=1e-9)
+        assert set(probed[probed.metric == f"spectrum_hvps_{mode}"].value) == {12}
+
+    cfg = compose([*SMALL_DLN, *SPECTRUM])
+    torch.manual_seed(cfg.seed)
+    data = build_data(cfg, torch.device("cpu"), torch.float32)
+    model = build_model(cfg)
+    x, y = data.train_batch(0)
+    for mode in ("train", "eval"):
+        expected = probes.hessian_spectrum(model, data.loss, x, y, mode, 6, 2, seed=1_000_003 * cfg.seed + 2)
+        logged = probed[(probed.step == 0) & probed.metric.str.startswith(f"spectrum_node_{mode}#u")]
+        order = logged.metric.str.split("#u").str[1].astype(int).argsort()
+        assert logged.value.to_numpy()[order] == pytest.approx(sum(expected["ritz_values"], []), rel=1e-5, abs=1e-6)
+        trace = probed[(probed.step == 0) & (probed.metric == f"spectrum_trace_{mode}")].value.item()
+        assert trace == pytest.approx(expected["trace"], rel=1e-5)
+
+
+def test_the_spectrum_probe_is_validated_off_the_identity_while_off_and_plans_its_products():
+    from bnlab.config import ConfigError, compose, identity, validate
+    from bnlab.launch.costs import hessian_vector_products, step_kinds
+    from bnlab.training.stacking import stack_key
+
+    off, on = compose(SMALL_DLN), compose([*SMALL_DLN, *SPECTRUM])
+    assert "spectrum" not in identity(off)["probes"] and identity(on)["probes"]["spectrum"]["runs"] == 2
+    assert stack_key(on) is None  # measured one run at a time
+    assert step_kinds(on)["spectrum"] == 3 and hessian_vector_products(on)["spectrum"] == 2 * 6 * 2
+    assert step_kinds(on)["probe"] == 0  # no probe measured at probes.every: those steps are plain
+    for override, key in (("probes.spectrum.at=[1.5]", "probes.spectrum.at"),
+                          ("probes.spectrum.at=[]", "probes.spectrum.at"),
+                          ("probes.spectrum.modes=[frozen]", "probes.spectrum.modes"),
+                          ("probes.spectrum.iterations=0", "probes.spectrum.iterations"),
+                          ("probes.spectrum.runs=true", "probes.spectrum.runs")):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            validate(compose([*SMALL_DLN, *SPECTRUM, override]))
+
+
+def test_spectral_density_of_a_quadrature_by_hand():
+    """Two Lanczos runs' nodes and weights: the density is the runs' mean of Gaussian bumps, written out here."""
+    ritz, weights = [[-1.0, 2.0], [0.5, 3.0]], [[0.25, 0.75], [0.5, 0.5]]
+    grid = torch.linspace(-4, 7, 2001, dtype=torch.float64)
+    got, density, sigma = probes.spectral_density(ritz, weights, sigma=0.3, grid=grid)
+
+    def bump(t):
+        return torch.exp(-0.5 * ((grid - t) / 0.3) ** 2) / (0.3 * math.sqrt(2 * math.pi))
+
+    expected = (0.25 * bump(-1) + 0.75 * bump(2) + 0.5 * bump(0.5) + 0.5 * bump(3)) / 2
+    torch.testing.assert_close(density, expected / torch.trapezoid(expected, grid))
+    assert sigma == 0.3 and got is grid
+    assert probes.spectral_density(ritz, weights)[2] == pytest.approx(0.01 * 4.0)  # 1% of the range by default

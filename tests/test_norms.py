@@ -293,3 +293,82 @@ def test_weight_norm_reparametrizes_every_normalized_layer_and_starts_as_the_sta
     torch.testing.assert_close(weighted.train()(x), standard.train()(x), rtol=1e-4, atol=1e-6)
     weighted(x).square().sum().backward()
     assert all(layer.parametrizations.weight.original0.grad is not None for layer in reparametrized)
+
+
+@pytest.mark.parametrize("shape", [(16, 5), (8, 3, 4, 4)])
+def test_population_batchnorm_normalizes_with_the_running_estimates_it_updates(shape):
+    """norm.statistics=population (Ghorbani et al. 2019): in training mode the running estimates are updated
+    with the batch's mean and unbiased variance (momentum 0.1, as torch), then the output is computed by hand in
+    float64 from those estimates, held constant: its gradient is weight / sqrt(var + eps) per unit, with no
+    term through the batch's statistics (a finite difference of the sum checks it). Evaluation mode is
+    BatchNorm's."""
+    torch.manual_seed(0)
+    layer = make_norm("batch", shape[1], statistics="population").double()
+    with torch.no_grad():
+        layer.weight.uniform_(0.5, 2), layer.bias.uniform_(-1, 1)
+        layer.running_mean.uniform_(-1, 1), layer.running_var.uniform_(0.5, 2)
+    x = (torch.randn(shape, dtype=torch.float64) * 3 + 1).requires_grad_()
+    dims = [0, *range(2, len(shape))]
+    count = math.prod(shape[d] for d in dims)
+    mean0, var0 = layer.running_mean.clone(), layer.running_var.clone()
+    y = layer.train()(x)
+    batch_mean = x.detach().mean(dims)
+    batch_var = x.detach().var(dims, unbiased=False) * count / (count - 1)
+    mean, var = 0.9 * mean0 + 0.1 * batch_mean, 0.9 * var0 + 0.1 * batch_var
+    torch.testing.assert_close(layer.running_mean, mean), torch.testing.assert_close(layer.running_var, var)
+
+    def per_unit(v):
+        return v.view(1, -1, *([1] * (len(shape) - 2)))
+
+    expected = (x.detach() - per_unit(mean)) / torch.sqrt(per_unit(var) + layer.eps) * per_unit(layer.weight.detach()) \
+        + per_unit(layer.bias.detach())
+    torch.testing.assert_close(y, expected)
+    (gradient,) = torch.autograd.grad(y.sum(), x)
+    torch.testing.assert_close(gradient, (per_unit(layer.weight.detach()) / torch.sqrt(per_unit(var) + layer.eps))
+                               .expand(shape))
+    # the gradient through batch statistics would make a unit's sum constant in x (BatchNorm's): not here
+    plain = make_norm("batch", shape[1]).double().train()
+    (through_batch,) = torch.autograd.grad(plain(x).sum(), x)
+    assert through_batch.abs().max() < 1e-8 < gradient.abs().min()
+    torch.testing.assert_close(layer.eval()(x), expected)  # evaluation leaves the estimates: the same output
+
+
+def test_population_statistics_only_for_a_normalization_with_running_estimates():
+    from bnlab.config import ConfigError, compose, validate
+
+    with pytest.raises(ValueError, match="keeps no running statistics"):
+        make_norm("layer", 4, statistics="population")
+    with pytest.raises(ValueError, match="norm.statistics must be one of"):
+        make_norm("batch", 4, statistics="moving")
+    with pytest.raises(ConfigError, match="norm.statistics"):
+        validate(compose(["model=dln", "scale=smoke", "norm=l2", "norm.statistics=population"]))
+    cfg = compose(["model=vgg", "scale=smoke", "norm=batch_population"])
+    validate(cfg)
+    assert cfg.norm.kind == "batch" and cfg.norm.statistics == "population"
+
+
+def test_population_statistics_stack_and_keep_the_old_run_keys():
+    """A stacked DLN's population BatchNorm computes what each run's own does; the default (batch) leaves the
+    keys of runs stored before norm.statistics existed as they were, and population runs are named so."""
+    from omegaconf import OmegaConf
+
+    from bnlab.config import compose, run_key
+    from bnlab.models import build_model, model_family
+
+    cfgs = [compose(["model=dln", "scale=smoke", "norm=batch_population", f"seed={s}"]) for s in (0, 1)]
+    models = []
+    for cfg in cfgs:
+        torch.manual_seed(cfg.seed)
+        models.append(build_model(cfg))
+    stacked = model_family("dln").stack(models, cfgs[0])
+    x = torch.randn(2, 10, 32)
+    out = stacked.train()(x)
+    for s, model in enumerate(models):
+        torch.testing.assert_close(out[s], model.train()(x[s].T).T)
+        torch.testing.assert_close(stacked.member_state_dict(s), model.state_dict())
+    batch = compose(["model=dln", "scale=smoke", "norm=batch"])
+    without = compose(["model=dln", "scale=smoke", "norm=batch"])
+    OmegaConf.set_struct(without, False)
+    without.norm.pop("statistics")
+    assert run_key(batch) == run_key(without)
+    assert "-batch+population-" in run_key(cfgs[0]) and run_key(cfgs[0]) != run_key(batch)

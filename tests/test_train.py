@@ -110,7 +110,8 @@ def test_same_seed_same_run_other_seed_other_data(runs_dir, tmp_path):
     assert a == b and a != c
 
 
-@pytest.mark.parametrize("norm", ["noisy_batch", "l1"])
+# (BatchNorm after the ReLU is VGG's alone: its runs go through every probe in tests/test_figures.py)
+@pytest.mark.parametrize("norm", ["noisy_batch", "l1", "batch_population", "layer", "group", "weight"])
 def test_probes_do_not_change_the_trajectory(runs_dir, norm):
     probed = losses(run(tiny(runs_dir, f"norm={norm}")))
     plain = losses(run(tiny(runs_dir, f"norm={norm}", "probes=none")))

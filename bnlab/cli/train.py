@@ -14,7 +14,17 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from bnlab import store
-from bnlab.config import CONFIG_DIR, ConfigError, check_overrides, compose, dry_run, resolved, validate
+from bnlab.config import (
+    CONFIG_DIR,
+    ConfigError,
+    check_overrides,
+    compose,
+    dry_run,
+    norm_label,
+    resolved,
+    skipped_in_sweep,
+    validate,
+)
 from bnlab.data import cifar10
 from bnlab.data.cifar10 import DataError
 from bnlab.launch.local import train_together
@@ -30,6 +40,11 @@ def _hydra_main(cfg: DictConfig) -> None:
 
     try:
         check_overrides(HydraConfig.get().overrides.task)
+        skipped = skipped_in_sweep(cfg)
+        if skipped:  # a job of an experiment's sweep that the experiment leaves out (a model refuses its norm)
+            print(f"bnlab-train: skipped {skipped}: experiment {cfg.experiment_name} leaves it out (sweep_skips)",
+                  file=sys.stderr)
+            return
         if dry_run():
             _dry_run(cfg)
         elif cfg.runtime.get("run_list"):
@@ -54,8 +69,8 @@ def _announce(cfg: DictConfig) -> None:
     from bnlab.util.devices import resolve_device
 
     validate(cfg)
-    norm = cfg.norm.kind + ("+noise" if cfg.norm.noise.enabled else "")
-    print(f"bnlab-train: scale={cfg.scale.name} model={cfg.model.name} norm={norm} optim.lr={cfg.optim.lr:g} "
+    print(f"bnlab-train: scale={cfg.scale.name} model={cfg.model.name} norm={norm_label(cfg)} "
+          f"optim.lr={cfg.optim.lr:g} "
           f"seed={cfg.seed}, {cfg.train.steps:,} steps -> {store.run_dir(cfg)}", file=sys.stderr, flush=True)
     if resolve_device(cfg.runtime.device).type == "cpu" and estimated_seconds(cfg) > SLOW_ON_CPU_SECONDS:
         print(f"bnlab-train: warning: this run trains on the CPU (no GPU here) for about "

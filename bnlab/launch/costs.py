@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from omegaconf import OmegaConf
 
-from bnlab.config import probes_enabled
+from bnlab.config import scheduled_probes_enabled
 from bnlab.models import model_family
 from bnlab.norms import normalization
-from bnlab.training.probe_schedule import early_window_end, step_kind
+from bnlab.training.probe_schedule import early_window_end, spectrum_steps, step_kind
 
 STEP_SECONDS = {"vgg": {"none": 0.076, "batch": 0.078, "l1": 0.081, "l2": 0.100, "linf": 0.108},
                 "dln": {"none": 0.0035, "batch": 0.0065, "l1": 0.012, "l2": 0.013, "linf": 0.0135}}
@@ -40,7 +40,7 @@ def step_kinds(cfg) -> dict[str, int]:
     autotuning on a GPU), its other steps by kind (bnlab.training.probe_schedule.step_kind: plain, probe,
     early, after) and its other evaluations (bnlab.training.loop.Trainer.fit: every `eval.every` steps, and of
     the trained model)."""
-    enabled, steps, every = probes_enabled(cfg), cfg.train.steps, cfg.probes.every
+    enabled, steps, every = scheduled_probes_enabled(cfg), cfg.train.steps, cfg.probes.every
     kinds = {"setup": 1, "first": 1, "plain": 0, "probe": 0, "early": 0, "after": 0}
     # The early window step by step; after it a step's kind depends only on step % every: count the steps of
     # each residue (a run of 1e6 steps is counted as fast as one of 100)
@@ -53,24 +53,27 @@ def step_kinds(cfg) -> dict[str, int]:
             kinds[step_kind(cfg.probes, enabled, first, steps)] += len(range(first, steps, every))
     every = cfg.data.eval.every if cfg.data.name == "cifar10" else None
     kinds["evaluations"] = len(range(every, steps, every)) + 1 if every else 0
-    for curvature in CURVATURE_PROBES:  # measurements at their own intervals, on top of the step's own kind
+    for curvature in CURVATURE_PROBES:  # measurements at their own steps, on top of the step's own kind
         probe = OmegaConf.select(cfg, f"probes.{curvature}")
         if probe is not None and probe.enabled:
-            kinds[curvature] = len(range(0, steps, probe.every))
+            kinds[curvature] = len(spectrum_steps(probe, steps)) if curvature == "spectrum" else \
+                len(range(0, steps, probe.every))
     return kinds
 
 
-CURVATURE_PROBES = ("hessian", "theorems")
+CURVATURE_PROBES = ("hessian", "theorems", "spectrum")
 
 
 def hessian_vector_products(cfg) -> dict[str, int]:
     """Hessian-vector products per measurement of each curvature probe, at most: Lanczos' iteration limit and
     the trace's samples in each mode; for the theorems three per drawn unit of every BatchNorm layer, each
     through the network above its layer only, counted as half a product."""
-    h, t = cfg.probes.hessian, OmegaConf.select(cfg, "probes.theorems")
+    h, t, s = cfg.probes.hessian, OmegaConf.select(cfg, "probes.theorems"), OmegaConf.select(cfg, "probes.spectrum")
     # a network whose modes compute one function is measured in one (bnlab.probes.modes_differ)
-    modes = len(h.modes) if cfg.norm.kind != "none" or cfg.norm.noise.enabled else 1
-    products = {"hessian": modes * (h.iterations + h.trace_samples)}
+    differ = cfg.norm.kind != "none" or cfg.norm.noise.enabled
+    products = {"hessian": (len(h.modes) if differ else 1) * (h.iterations + h.trace_samples)}
+    if s is not None and s.enabled:
+        products["spectrum"] = (len(s.modes) if differ else 1) * s.iterations * s.runs
     if t is not None and t.enabled:
         from bnlab.models import build_model
         from bnlab.probes import theorem_layers
@@ -100,12 +103,12 @@ def planning_costs(cfg) -> dict[str, float]:
         per_step *= NOISE_STEP_FACTOR
     # what a probe step adds is fixed (passes through the model), whatever the interval between probe steps
     probe = per_step * (1 + (PROBED_STEP_FACTOR[family] - 1) * PROBED_EVERY[family])
-    first = probe if probes_enabled(cfg) else per_step
+    first = probe if scheduled_probes_enabled(cfg) else per_step
     # an early step measures the landscape alone: the gradient, then a forward and backward pass per multiplier
     early = per_step * (2 + cfg.probes.landscape.multipliers.num)
     costs = {"setup": 0.0, "first": first, "plain": per_step, "probe": probe, "early": early, "after": per_step,
              "evaluations": 0.0}
-    if cfg.probes.hessian.enabled or OmegaConf.select(cfg, "probes.theorems.enabled", default=False):
+    if any(OmegaConf.select(cfg, f"probes.{name}.enabled", default=False) for name in CURVATURE_PROBES):
         for curvature, products in hessian_vector_products(cfg).items():
             costs[curvature] = (1 + products) * HVP_STEP_FACTOR * per_step  # and one forward and backward pass
     return costs

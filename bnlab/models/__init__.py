@@ -51,7 +51,7 @@ def model_family(name: str) -> ModelFamily:
 def norm_kwargs(norm_cfg) -> dict:
     noise = dict(norm_cfg.noise.constants) if norm_cfg.noise.enabled else None
     return dict(momentum=norm_cfg.momentum, eps=norm_cfg.eps, center_before_norm=norm_cfg.center_before_norm,
-                noise=noise)
+                noise=noise, statistics=norm_cfg.get("statistics", "batch"))
 
 
 def build_model(cfg) -> nn.Module:
@@ -78,7 +78,7 @@ def _validate_dln(cfg) -> None:
 
 def _stack_dln(models, cfg) -> nn.Module:
     n = cfg.norm
-    return StackedDLN(models, n.kind, n.momentum, n.eps, n.center_before_norm)
+    return StackedDLN(models, n.kind, n.momentum, n.eps, n.center_before_norm, n.get("statistics", "batch"))
 
 
 def _build_vgg(cfg) -> nn.Module:

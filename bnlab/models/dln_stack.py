@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from bnlab.models.dln import DeepLinearNet
-from bnlab.norms import normalization
+from bnlab.norms import normalization, statistics_kwargs
 
 
 class StackedLinear(nn.Module):
@@ -52,7 +52,7 @@ class StackedDLN(nn.Module):
     inputs. Module and parameter names are those of DeepLinearNet, each tensor with a leading run axis."""
 
     def __init__(self, models: list[DeepLinearNet], norm_kind: str, momentum: float = 0.1, eps: float = 1e-5,
-                 center_before_norm: bool = False):
+                 center_before_norm: bool = False, statistics: str = "batch"):
         super().__init__()
         build_stacked = normalization(norm_kind).build_stacked
         if build_stacked is None:
@@ -63,7 +63,8 @@ class StackedDLN(nn.Module):
         for i in range(self.depth):
             last = i == self.depth - 1
             norm = nn.Identity() if last else build_stacked((self.runs, self.width), momentum=momentum, eps=eps,
-                                                            center_before_norm=center_before_norm)
+                                                            center_before_norm=center_before_norm,
+                                                            **statistics_kwargs(norm_kind, statistics))
             blocks.append(StackedBlock(StackedLinear(self.runs, self.width, bias), norm))
         self.blocks = nn.Sequential(*blocks)
         for s, model in enumerate(models):

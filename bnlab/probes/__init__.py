@@ -29,14 +29,19 @@ BatchNorm layer (theorems); what they share (measurement).
 """
 
 from bnlab.probes.activations import DEFAULT_QUANTILES, activation_stats, bn_input_sigma, sample_units
-from bnlab.probes.curvature import gradient_in_top_eigenspace, hessian_eigenvalues, hessian_spectrum, hessian_trace
+from bnlab.probes.curvature import (
+    gradient_in_top_eigenspace,
+    hessian_eigenvalues,
+    hessian_spectrum,
+    hessian_trace,
+    spectral_density,
+)
 from bnlab.probes.landscape import landscape, landscape_multipliers, landscape_tensors
 from bnlab.probes.measurement import LossFn, batchnorm_layers, modes_differ, numbered_layers
 from bnlab.probes.shift import ics, ics_tensors
 from bnlab.probes.theorems import batchnorm_theorems, theorem_layers
 
 __all__ = ["DEFAULT_QUANTILES", "LossFn", "activation_stats", "batchnorm_layers", "batchnorm_theorems",
-           "bn_input_sigma", "gradient_in_top_eigenspace", "hessian_eigenvalues", "hessian_spectrum",
-           "hessian_trace", "ics", "ics_tensors",
-           "landscape", "landscape_multipliers", "landscape_tensors", "modes_differ", "numbered_layers", "sample_units",
-           "theorem_layers"]
+           "bn_input_sigma", "gradient_in_top_eigenspace", "hessian_eigenvalues", "hessian_spectrum", "hessian_trace",
+           "ics", "ics_tensors", "landscape", "landscape_multipliers", "landscape_tensors", "modes_differ",
+           "numbered_layers", "sample_units", "spectral_density", "theorem_layers"]

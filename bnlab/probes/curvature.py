@@ -230,19 +230,29 @@ def hessian_spectrum(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, ta
         mean = sum(per_run) / runs
         spread = math.sqrt(sum((v - mean) ** 2 for v in per_run) / (runs - 1)) if runs > 1 else math.nan
         moments[name], moments[f"{name}_stderr"] = mean, spread / math.sqrt(runs)
+    grid, density, sigma = spectral_density(ritz_values, weights, grid_points, sigma)
+    return {"grid": grid, "density": density, "ritz_values": ritz_values, "weights": weights, **moments,
+            "sigma": sigma, "hvps": hessian.products}
+
+
+def spectral_density(ritz_values: list[list[float]], weights: list[list[float]], grid_points: int = 1000,
+                     sigma: float | None = None, grid: torch.Tensor | None = None) -> tuple:
+    """The density of an SLQ quadrature (hessian_spectrum's Ritz values and weights, one list per Lanczos run):
+    the runs' mean of sum_i w_i N(t; theta_i, sigma^2), normalized to integrate to 1 over the grid. The grid
+    spans the Ritz values with a margin of 5 sigma either side (`grid_points` points) unless given; `sigma`
+    defaults to 1% of the Ritz values' range. Returns (grid, density, sigma), float64 CPU tensors and a float."""
     every = torch.tensor([t for ts in ritz_values for t in ts], dtype=torch.float64)
     low, high = float(every.min()), float(every.max())
     if sigma is None:
         sigma = 0.01 * (high - low) if high > low else max(abs(high), 1.0) * 1e-3
-    grid = torch.linspace(low - 5 * sigma, high + 5 * sigma, grid_points, dtype=torch.float64)
-    density = torch.zeros(grid_points, dtype=torch.float64)
+    if grid is None:
+        grid = torch.linspace(low - 5 * sigma, high + 5 * sigma, grid_points, dtype=torch.float64)
+    density = torch.zeros(len(grid), dtype=torch.float64)
     for ts, ws in zip(ritz_values, weights, strict=True):
         t, w = torch.tensor(ts, dtype=torch.float64), torch.tensor(ws, dtype=torch.float64)
         density += (w * torch.exp(-0.5 * ((grid[:, None] - t) / sigma) ** 2)).sum(1) / (sigma * math.sqrt(2 * math.pi))
-    density /= runs
-    density /= torch.trapezoid(density, grid)
-    return {"grid": grid, "density": density, "ritz_values": ritz_values, "weights": weights, **moments,
-            "sigma": sigma, "hvps": hessian.products}
+    density /= len(ritz_values)
+    return grid, density / torch.trapezoid(density, grid), sigma
 
 
 def legacy_eig(matrix: torch.Tensor, eigenvectors: bool = False):

@@ -15,6 +15,10 @@ paper's layer number (conv/linear layers counted from 1), 0 for whole-model metr
                                         or eval (running statistics); hessian_hvps_<mode>: products used
     hessian_trace_<mode>, hessian_trace_stderr_<mode>
                                         Hutchinson's trace estimate and its standard error
+    spectrum_node_<mode>#u<k>, spectrum_weight_<mode>#u<k>
+                                        the Hessian's eigenvalue density by SLQ: Ritz value k and its weight
+                                        (k = Lanczos run x iterations + i); spectrum_trace_<mode>,
+                                        spectrum_square_sum_<mode>: the tr(H) and tr(H^2) it estimates
 """
 
 from __future__ import annotations

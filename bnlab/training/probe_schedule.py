@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from bnlab import probes
-from bnlab.config import probes_enabled
+from bnlab.config import scheduled_probes_enabled
 from bnlab.training.rows import MetricRows
 from bnlab.util.rng import rng_state, set_rng_state
 
@@ -50,12 +50,15 @@ class ProbeSchedule:
         self.units_on_device = {k: u.to(device) for k, u in self.units.items()}
         self.unit_labels = {k: u.tolist() for k, u in self.units.items()}
         self.bn_numbers = self._batchnorm_layer_numbers()
-        self.any_enabled = probes_enabled(cfg)
+        self.any_enabled = scheduled_probes_enabled(cfg)
         self.hessian = p.hessian if p.hessian.enabled else None
         self.modes_differ = probes.modes_differ(model)
         self.hessian_seed = 1_000_003 * seeds[0]  # Lanczos start vectors: one stream per run, never torch's
         theorems = p.get("theorems")
         self.theorems = theorems if theorems is not None and theorems.enabled else None
+        spectrum = p.get("spectrum")
+        self.spectrum = spectrum if spectrum is not None and spectrum.enabled else None
+        self.spectrum_steps = spectrum_steps(spectrum, self.steps) if self.spectrum is not None else set()
         self.not_applicable = self._not_applicable()
 
     def _not_applicable(self) -> dict[str, str]:
@@ -81,7 +84,7 @@ class ProbeSchedule:
 
     def due(self, step: int) -> bool:
         return step_kind(self.cfg, self.any_enabled, step, self.steps) != "plain" or self._hessian_due(step) or \
-            self._theorems_due(step)
+            self._theorems_due(step) or step in self.spectrum_steps
 
     def _landscape_due(self, step: int) -> bool:
         """At every probe step, and in the early window at its denser interval."""
@@ -106,12 +109,14 @@ class ProbeSchedule:
         """`rows`: the metric rows of each run (one list entry for an ordinary model)."""
         p = self.cfg
         self.rng_before = rng_state(x.device)
-        if self._hessian_due(step) or self._theorems_due(step):
+        if self._hessian_due(step) or self._theorems_due(step) or step in self.spectrum_steps:
             with second_order_layout(self.model, x) as x_second:
                 if self._hessian_due(step):
                     self._record_hessian(step, x_second, y, rows)
                 if self._theorems_due(step):
                     self._record_theorems(step, x_second, y, rows)
+                if step in self.spectrum_steps:
+                    self._record_spectrum(step, x_second, y, rows)
         if self._activations_due(step):
             self._record_activations(step, x, rows)
         if self._landscape_due(step):
@@ -152,6 +157,25 @@ class ProbeSchedule:
                                              seed=self.hessian_seed + step)
                 self._add(rows, step, f"hessian_trace_{mode}", 0, trace["trace"])
                 self._add(rows, step, f"hessian_trace_stderr_{mode}", 0, trace["stderr"])
+
+    def _record_spectrum(self, step: int, x, y, rows: list[MetricRows]) -> None:
+        """The Hessian's eigenvalue density (SLQ) at theta_t on the step's batch, in each mode: its quadrature,
+        Ritz value k and weight k as spectrum_node_<mode>#u<k> and spectrum_weight_<mode>#u<k> (k = run x
+        iterations + i), and the trace and sum of squared eigenvalues it estimates. The density is a function of
+        the quadrature (bnlab.probes.spectral_density)."""
+        s = self.spectrum
+        for mode in s.modes if self.modes_differ else [m for m in s.modes if m == "train"] or s.modes[:1]:
+            out = probes.hessian_spectrum(self.model, self.loss_fn, x, y, mode, s.iterations, s.runs,
+                                          seed=self.hessian_seed + 3 * step + 2)
+            k = 0
+            for values, weights in zip(out["ritz_values"], out["weights"], strict=True):
+                for value, weight in zip(values, weights, strict=True):
+                    self._add(rows, step, f"spectrum_node_{mode}#u{k}", 0, value)
+                    self._add(rows, step, f"spectrum_weight_{mode}#u{k}", 0, weight)
+                    k += 1
+            for name in ("trace", "square_sum"):
+                self._add(rows, step, f"spectrum_{name}_{mode}", 0, out[name])
+            self._add(rows, step, f"spectrum_hvps_{mode}", 0, out["hvps"])
 
     def _record_theorems(self, step: int, x, y, rows: list[MetricRows]) -> None:
         """Theorems 4.1 and 4.2 at theta_t on the step's batch, summarized per BatchNorm layer (theorem_rows)."""
@@ -262,10 +286,10 @@ def theorem_rows(r: dict, tolerance: float) -> dict[str, float]:
 
 
 def step_kind(p, enabled: bool, step: int, steps: int) -> str:
-    """What the probes do at `step` of a run of `steps` steps (p: its probes config; enabled: probes_enabled of
-    it): "probe" (every enabled probe; step 0 and every `p.every` steps), "early" (the landscape probe alone, at
-    its denser interval in the early window), "after" (the activation probe alone, the step after a probe step,
-    when `consecutive` is set) or "plain" (nothing)."""
+    """What the probes do at `step` of a run of `steps` steps (p: its probes config; enabled:
+    scheduled_probes_enabled of it): "probe" (every enabled probe; step 0 and every `p.every` steps), "early"
+    (the landscape probe alone, at its denser interval in the early window), "after" (the activation probe
+    alone, the step after a probe step, when `consecutive` is set) or "plain" (nothing)."""
     if not enabled:
         return "plain"
     if step % p.every == 0:
@@ -280,6 +304,11 @@ def step_kind(p, enabled: bool, step: int, steps: int) -> str:
 def early_window_end(p, steps: int) -> int:
     """The first step after the landscape's early window."""
     return math.ceil(p.landscape.early.until * steps)
+
+
+def spectrum_steps(spectrum, steps: int) -> set[int]:
+    """The steps the spectrum probe measures: round(f x steps) for each fraction f of `at`, the last step at most."""
+    return {min(round(f * steps), steps - 1) for f in spectrum.at}
 
 
 def in_early_grid(p, step: int, steps: int) -> bool:

@@ -38,7 +38,8 @@ def stack_key(cfg: DictConfig) -> str | None:
                  and normalization(cfg.norm.kind).build_stacked is not None
                  and not cfg.norm.noise.enabled and cfg.optim.momentum == 0
                  and not cfg.probes.hessian.enabled  # the curvature probes measure one run at a time
-                 and not OmegaConf.select(cfg, "probes.theorems.enabled", default=False))
+                 and not OmegaConf.select(cfg, "probes.theorems.enabled", default=False)
+                 and not OmegaConf.select(cfg, "probes.spectrum.enabled", default=False))
     if not stackable:
         return None
     ident = identity(cfg)

@@ -17,7 +17,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from bnlab import store
-from bnlab.config import DATA_LOCATION, NOT_IDENTITY, ConfigError, compose, resolved
+from bnlab.config import DATA_LOCATION, NOT_IDENTITY, ConfigError, compose, resolved, skipped_in_sweep
 from bnlab.data.datasets import classifies as data_classifies
 from bnlab.models import MODEL_FAMILIES
 
@@ -45,7 +45,9 @@ def sweep(name: str, scale: str, seeds: int, overrides: list[str] = ()) -> list[
         unresolved = OmegaConf.to_container(compose(job, with_hydra=True), resolve=False)
         unresolved.pop("hydra")
         for seed in range(seeds):
-            out.append(resolved(OmegaConf.create({**unresolved, "seed": seed})))
+            cfg = resolved(OmegaConf.create({**unresolved, "seed": seed}))
+            if not skipped_in_sweep(cfg):  # a combination the experiment leaves out (its `sweep_skips`)
+                out.append(cfg)
     return out
 
 
@@ -135,7 +137,10 @@ def select(runs: list[Run], **where) -> list[Run]:
 
 
 def norm_name(cfg: DictConfig) -> str:
-    """The norm config group a run came from: none, batch, noisy_batch, l1, l2, linf (+noise if added)."""
+    """The norm config group a run came from: none, batch, noisy_batch, batch_population, l1, ... (+noise if
+    added)."""
+    if cfg.norm.get("statistics", "batch") == "population":
+        return "batch_population" + ("+noise" if cfg.norm.noise.enabled else "")
     if cfg.norm.noise.enabled:
         return "noisy_batch" if cfg.norm.kind == "batch" else f"{cfg.norm.kind}+noise"
     return cfg.norm.kind
