@@ -14,7 +14,7 @@ from experiments.lib.landscape import draw_landscape_panels, every_norm_claims, 
 from experiments.lib.plotting import NORM_STYLE, accuracy_panel, caption, loss_panel
 from experiments.lib.runs import classifies, each_model, norm_name, select
 
-ORDER = 22  # beyond the paper: after its figures, the curvature study and the spectrum
+ORDER = 23  # beyond the paper: after its figures, the curvature study, the theorems and the spectrum
 BEYOND = True  # drawn by `bnlab-figure beyond` (make reproduce-beyond), not by `all`
 
 REFERENCES = ("none", "batch")

@@ -25,7 +25,7 @@ from experiments.lib.claims import (
 from experiments.lib.plotting import caption, mean_band, steps_axis
 from experiments.lib.runs import by_model, select, smoothed
 
-ORDER = 21  # beyond the paper: after its figures and the curvature study
+ORDER = 22  # beyond the paper: after its figures, the curvature study and the theorems
 BEYOND = True  # drawn by `bnlab-figure beyond` (make reproduce-beyond), not by `all`
 
 # (norm name of the runs, probe mode) of each arm, its label and colour
