@@ -38,10 +38,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m compileall -qq -j 0 $(VENV)/lib || true
 	touch $@
 
-reproduce-%: setup  ## reproduce-FIGURE|all [SCALE=smoke|paper SEEDS=n JOBS=n LAUNCHER=slurm]: train what is missing, draw, check claims
+reproduce-%: setup  ## reproduce-FIGURE|all|beyond [SCALE=smoke|paper SEEDS=n JOBS=n LAUNCHER=slurm]: train what is missing, draw, check claims
 	$(BIN)/bnlab-figure $* --train --scale $(SCALE) $(SEEDS_ARG) --jobs $(JOBS) --launcher $(LAUNCHER) --pack $(PACK) $(ARGS)
 
-figure-%: setup  ## figure-FIGURE|all [SCALE=..]: redraw a figure and its claims from logged runs, no training
+figure-%: setup  ## figure-FIGURE|all|beyond [SCALE=..]: redraw a figure and its claims from logged runs, no training
 	$(BIN)/bnlab-figure $* --scale $(SCALE) $(SEEDS_ARG) $(filter-out hydra.% hydra/%,$(ARGS))
 
 test: setup  ## the test suite

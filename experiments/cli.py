@@ -67,7 +67,8 @@ def list_figures() -> None:
     experiments.lib.entry finds it, so that the next listing needs none of this."""
     lines = ["bnlab-figure NAME [--scale smoke|paper] --train: the figures, what each reproduces, and the runs it\n"
              "trains at each scale's default seeds, with their time on a 2-core CPU (two runs at a time; paper-scale\n"
-             "VGG is meant for a GPU). Figures share runs, so `all` costs less than the sum.\n"]
+             "VGG is meant for a GPU). Figures share runs, so `all` costs less than the sum. `all` draws every\n"
+             f"figure but {', '.join(figure_group(figure_names(), 'beyond'))}: `beyond` draws those.\n"]
     print(lines[0], flush=True)
     for name in figure_names():
         about = figure_about(name)

@@ -52,10 +52,13 @@ MEASURE = (f"the outlier ratio of a measured spectrum: its largest Ritz value ov
            "mean over seeds")
 
 
-def quadrature(run, mode: str, step: int) -> tuple[np.ndarray, np.ndarray]:
+def quadrature(run, mode: str, step: int) -> tuple[np.ndarray, np.ndarray] | None:
     """The Ritz values and weights of the run's spectrum at `step` in `mode` (every Lanczos run's, the weights
-    summing to 1 over all of them)."""
-    nodes = run.tagged(f"spectrum_node_{mode}").loc[step].dropna()
+    summing to 1 over all of them); None when the run did not measure it (it diverged before)."""
+    table = run.tagged(f"spectrum_node_{mode}")
+    if step not in table.index:
+        return None
+    nodes = table.loc[step].dropna()
     weights = run.tagged(f"spectrum_weight_{mode}").loc[step].reindex(nodes.index)
     return nodes.to_numpy(), weights.to_numpy() / weights.sum()
 
@@ -69,8 +72,19 @@ def outlier_ratio(nodes: np.ndarray, weights: np.ndarray) -> float:
     return min(top / edge, CAP) if top > 0 and edge > 0 else (CAP if top > 0 else float("nan"))
 
 
-def measured_steps(run) -> list[int]:
-    return sorted(run.tagged("spectrum_node_train").index.astype(int))
+def measured_steps(runs) -> list[int]:
+    """Every step at which some run measured its spectrum (a diverged run stops measuring)."""
+    return sorted({int(s) for r in runs for s in r.tagged("spectrum_node_train").index})
+
+
+def _ratio_at(run, mode: str, step: int) -> float:
+    measured = quadrature(run, mode, step)
+    return float("nan") if measured is None else outlier_ratio(*measured)
+
+
+def diverged_at(run) -> int | None:
+    """The step a diverged run stopped at; None for a finished one."""
+    return run.summary.get("diverged_at_step") if run.summary.get("status") == "diverged" else None
 
 
 def _arm_runs(runs, arm: str):
@@ -80,17 +94,18 @@ def _arm_runs(runs, arm: str):
 def arm_ratios(runs, arm: str) -> dict[int, Quantity]:
     """{step: Quantity over seeds of the outlier ratio} of one arm."""
     chosen, mode = _arm_runs(runs, arm), ARMS[arm][1]
-    return {step: per_seed(chosen, lambda r, s=step: outlier_ratio(*quadrature(r, mode, s)), geometric=True)
-            for step in measured_steps(chosen[0])}
+    return {step: per_seed(chosen, lambda r, s=step: _ratio_at(r, mode, s), geometric=True)
+            for step in measured_steps(runs)}
 
 
 def arm_ratio(runs, arm: str) -> Quantity:
-    """Per seed the geometric mean of the outlier ratio over the measured steps (MEASURE)."""
+    """Per seed the geometric mean of the outlier ratio over the steps the run measured (MEASURE; a run that
+    diverged, over those before it)."""
     chosen, mode = _arm_runs(runs, arm), ARMS[arm][1]
 
     def over_steps(run):
-        ratios = [outlier_ratio(*quadrature(run, mode, s)) for s in measured_steps(run)]
-        return float(np.exp(np.mean(np.log(ratios)))) if all(r > 0 for r in ratios) else float("nan")
+        ratios = [_ratio_at(run, mode, s) for s in measured_steps([run])]
+        return float(np.exp(np.mean(np.log(ratios)))) if ratios and all(r > 0 for r in ratios) else float("nan")
 
     return per_seed(chosen, over_steps, geometric=True)
 
@@ -99,16 +114,22 @@ def _density_panel(ax, runs, arm: str, step: int) -> None:
     """One arm's density at one step, every seed: linear eigenvalues, a logarithmic density (Ghorbani et al.'s
     plots), the top Ritz value of each seed marked."""
     _, mode, _, color, style = ARMS[arm]
-    top = 0.0
+    top, gone = 0.0, []
     for i, run in enumerate(sorted(_arm_runs(runs, arm), key=lambda r: r.cfg.seed)):
-        nodes, weights = quadrature(run, mode, step)
+        measured = quadrature(run, mode, step)
+        if measured is None:
+            gone.append(f"seed {run.cfg.seed} diverged at step {diverged_at(run)}")
+            continue
+        nodes, weights = measured
         grid, density, _ = spectral_density([nodes.tolist()], [weights.tolist()], grid_points=2000)
         ax.plot(grid.numpy(), density.numpy(), color=color, ls=style, lw=1.0, alpha=1.0 if i == 0 else 0.4,
                 label=f"seed {run.cfg.seed}" if i == 0 else None)
         ax.axvline(nodes.max(), color=color, lw=0.8, alpha=0.6 if i == 0 else 0.3, ls=":")
         top = top or float(density.max())
-    # scaled to the opaque seed's density: a faint seed whose bulk collapsed onto 0 peaks far higher
-    ax.set_yscale("log"), ax.set_ylim(1e-7, 10 * top)
+    if gone:
+        ax.text(0.02, 0.95, "\n".join(gone), transform=ax.transAxes, va="top", fontsize=7, color=color)
+    # scaled to the first seed's density: a faint seed whose bulk collapsed onto 0 peaks far higher
+    ax.set_yscale("log"), ax.set_ylim(1e-7, 10 * top if top else 1.0)
 
 
 def _ratio_panel(ax, runs) -> None:
@@ -119,8 +140,8 @@ def _ratio_panel(ax, runs) -> None:
         steps = list(ratios)
         ax.plot(steps, [q.mean for q in ratios.values()], color=color, ls=style, marker="o", label=label)
         if len(seeds_of(runs)) > 1:
-            ax.fill_between(steps, [min(q.per_seed) for q in ratios.values()],
-                            [max(q.per_seed) for q in ratios.values()], color=color, alpha=0.15, linewidth=0)
+            ax.fill_between(steps, [np.nanmin(q.per_seed) for q in ratios.values()],
+                            [np.nanmax(q.per_seed) for q in ratios.values()], color=color, alpha=0.15, linewidth=0)
     ax.axhline(ISOLATED, color="0.4", lw=1, ls=":", label=f"isolated: {ISOLATED:g} x the bulk's edge")
     ax.set_yscale("log"), ax.set_ylabel("Top eigenvalue / bulk edge"), ax.set_xlabel("Steps")
     ax.legend(fontsize=7)
@@ -128,7 +149,7 @@ def _ratio_panel(ax, runs) -> None:
 
 def draw(runs, path):
     runs = by_model(runs, "vgg")
-    steps, total = measured_steps(runs[0]), runs[0].cfg.train.steps
+    steps, total = measured_steps(runs), runs[0].cfg.train.steps
     fig = plt.figure(figsize=(5.0 * (len(steps) + 1), 2.9 * len(ARMS)), layout="constrained")
     grid = fig.add_gridspec(len(ARMS), len(steps) + 1)
     for row, arm in enumerate(ARMS):
@@ -197,18 +218,24 @@ def claims(runs):
     ]
 
 
+def _diverged_text(diverged: list[tuple[int, int]]) -> str:
+    return f" (diverged: {', '.join(f'seed {s} at step {t}' for s, t in diverged)})" if diverged else ""
+
+
 def reports(runs):
     runs = by_model(runs, "vgg")
     running, batch = arm_ratio(runs, "running"), arm_ratio(runs, "batch")
     accuracy = {n: per_seed(select(runs, norm=n), final_train_accuracy) for n in TRAINED}
+    diverged = {n: [(r.cfg.seed, diverged_at(r)) for r in select(runs, norm=n) if diverged_at(r) is not None]
+                for n in TRAINED}
     return [
         Report("VGG: outlier ratio of the BatchNorm networks evaluated with running statistics",
                "Ghorbani et al.'s statement is about training with population statistics; this is the same "
                "networks' eval-mode Hessian (what PyHessian measures), reported beside it",
                f"running statistics {running.text()} ({_by_step(arm_ratios(runs, 'running'))}), batch statistics "
                f"{batch.text()}", {"running": running.as_json(), "batch": batch.as_json()}),
-        Report("VGG: final training accuracy of each arm (%)",
+        Report("VGG: final training accuracy of each arm (%; a diverged run has none)",
                "Ghorbani et al. report that training with population statistics is much slower; not a claim here",
-               ", ".join(f"{TRAINED[n][0]} {q.text()}" for n, q in accuracy.items()),
-               {n: q.as_json() for n, q in accuracy.items()}),
+               ", ".join(f"{TRAINED[n][0]} {q.text()}{_diverged_text(diverged[n])}" for n, q in accuracy.items()),
+               {n: {**q.as_json(), "diverged": diverged[n]} for n, q in accuracy.items()}),
     ]
