@@ -19,7 +19,7 @@ from omegaconf.errors import InterpolationKeyError
 from bnlab.data.cifar10 import SOURCES, resolve_source
 from bnlab.data.datasets import INPUT_SCALES
 from bnlab.models import model_family, num_layers
-from bnlab.norms import STATISTICS, normalization
+from bnlab.norms import POPULATION_STARTS, STATISTICS, normalization
 from bnlab.probes.measurement import MODES
 from bnlab.util.checks import ConfigError, check, check_positive
 
@@ -33,9 +33,9 @@ ADDED_PROBES = ("hessian", "theorems", "spectrum")
 ADDED_MODEL_KEYS = {"vgg": {"init_gain": 1.0}, "dln": {"bias": False}}
 # A scale's settings that a model key carries into the identity already (model.init: ${scale.vgg.init}); left
 # out of the scale's part, so that the runs stored before the scale set them keep their keys.
-CARRIED_SCALE_KEYS = {"vgg": ("init", "init_gain")}
+CARRIED_SCALE_KEYS = {"vgg": ("init", "init_gain", "norm_groups")}
 ADDED_DATA_KEYS = {"gaussian": {"target_spectrum": "gaussian"}}
-ADDED_NORM_KEYS = {"statistics": "batch"}
+ADDED_NORM_KEYS = {"statistics": "batch", "population_start": "prior", "groups": 32}
 TARGET_SPECTRA = ("gaussian", "orthogonal")
 
 if not OmegaConf.has_resolver("mul"):
@@ -116,6 +116,10 @@ def validate(cfg: DictConfig) -> None:
     check(statistics in STATISTICS, "norm.statistics", statistics, " or ".join(STATISTICS))
     check(statistics == "batch" or normalization(cfg.norm.kind).population, "norm.statistics", statistics,
           f"batch: norm.kind={cfg.norm.kind} keeps no running statistics (population: norm=batch_population)")
+    start = cfg.norm.get("population_start", "prior")
+    check(start in POPULATION_STARTS, "norm.population_start", start, " or ".join(POPULATION_STARTS))
+    if "groups" in cfg.norm:
+        check_positive(cfg, "norm.groups", integer=True)
     check(isinstance(cfg.seed, int) and cfg.seed >= 0, "seed", cfg.seed, "an integer >= 0")
     check_positive(cfg, "optim.lr")
     check(cfg.optim.momentum >= 0, "optim.momentum", cfg.optim.momentum, "a number >= 0")

@@ -141,31 +141,43 @@ class BatchNorm(_AffineNorm):
     faster than composing the steps: the DLN is launch-bound).
 
     `population=True` (Ghorbani et al. 2019's arm, `norm.statistics=population`): training mode first updates
-    the running estimates with the batch's statistics as above, then normalizes with those estimates, held
-    constant (no gradient flows through them): the population statistics in the forward pass during training,
-    the batch only feeding their estimate. Evaluation mode is unchanged.
+    the running estimates with the batch's mean and unbiased variance (momentum as above), then normalizes with
+    the updated estimates, held constant (no gradient flows through them): the current batch weighs `momentum`
+    in the statistics it is normalized with, the earlier batches the rest. `population_start` "prior" starts
+    the estimates at 0 and 1 (torch's); "first_batch" sets them to the first training batch's statistics
+    (docs/calibration.md). Evaluation mode is unchanged.
     """
 
     def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5, noise: BatchNoise | None = None,
-                 population: bool = False):
+                 population: bool = False, population_start: str = "prior"):
         super().__init__(num_features, momentum, eps, noise)
-        self.population = population
+        if population_start not in POPULATION_STARTS:
+            raise ValueError(f"population_start must be one of {', '.join(POPULATION_STARTS)}, "
+                             f"got {population_start!r}")
+        self.population, self.population_start = population, population_start
         self.register_buffer("running_mean", torch.zeros(num_features))
         self.register_buffer("running_var", torch.ones(num_features))
+        if population and population_start == "first_batch":  # per unit, so that a stacked model splits it
+            self.register_buffer("started", torch.zeros(num_features, dtype=torch.bool))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._finish(self._batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias))
+        return self._finish(self._batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                             getattr(self, "started", None)))
 
-    def _batch_norm(self, x, running_mean, running_var, weight, bias) -> torch.Tensor:
-        training = self.training
-        if training and self.population:
-            with torch.no_grad():  # the estimates' update alone (its output is dropped), as torch makes it
-                F.batch_norm(x.detach(), running_mean, running_var, None, None, True, self.momentum, self.eps)
-            training = False
-        return F.batch_norm(x, running_mean, running_var, weight, bias, training, self.momentum, self.eps)
+    def _batch_norm(self, x, running_mean, running_var, weight, bias, started=None) -> torch.Tensor:
+        if not (self.training and self.population):
+            return F.batch_norm(x, running_mean, running_var, weight, bias, self.training, self.momentum, self.eps)
+        with torch.no_grad():  # the estimates' update, as torch makes it (unbiased variance)
+            var, mean = torch.var_mean(x.detach(), _unit_dims(x), correction=1)
+            weight_of_batch = self.momentum if started is None else \
+                torch.where(started, self.momentum, 1.0).to(mean.dtype)
+            running_mean.lerp_(mean, weight_of_batch), running_var.lerp_(var, weight_of_batch)
+            if started is not None:
+                started.fill_(True)
+        return F.batch_norm(x, running_mean, running_var, weight, bias, False, 0.0, self.eps)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + (", statistics=population" if self.population else "")
+        return super().extra_repr() + (f", statistics=population ({self.population_start})" if self.population else "")
 
 
 def lp_normalize(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, p: float, center: bool, eps: float,
@@ -327,8 +339,10 @@ class StackedBatchNorm(BatchNorm):
     def forward(self, h):
         runs, width, n = h.shape
         units = runs * width
+        started = getattr(self, "started", None)
         return self._batch_norm(h.view(1, units, n), self.running_mean.view(units), self.running_var.view(units),
-                                self.weight.view(units), self.bias.view(units)).view(runs, width, n)
+                                self.weight.view(units), self.bias.view(units),
+                                None if started is None else started.view(units)).view(runs, width, n)
 
 
 class StackedLpNorm(LpNorm):
@@ -363,21 +377,24 @@ class GroupNorm(_AffineNorm):
         return f"{self.num_features}, groups={self.groups}, eps={self.eps}"
 
 
-# Wu & He's default of 32 groups, or as many as divide the layer's units: VGG16 at width 1/8 has 8-64 channels
-# (8 groups of 1 at its first layer: instance normalization there), the DLN's 10 units 2 groups of 5.
+# Wu & He's default of 32 groups (norm.groups), or as many as divide the layer's units: the DLN's 10 units are 2
+# groups of 5. VGG16 at width 1/8 has 8-64 channels, where 32 groups are groups of 1-2 channels and the network
+# does not train: the smoke scale sets its own (scale.vgg.norm_groups, docs/calibration.md).
 GROUPS = 32
 
 
-def groups_for(num_features: int) -> int:
-    return math.gcd(num_features, GROUPS)
+def groups_for(num_features: int, groups: int = GROUPS) -> int:
+    return math.gcd(num_features, groups)
 
 
 STATISTICS = ("batch", "population")  # norm.statistics
+POPULATION_STARTS = ("prior", "first_batch")  # norm.population_start
 
 
-def statistics_kwargs(kind: str, statistics: str) -> dict:
-    """What a normalization's builders get for `norm.statistics`: population=True where it takes population
-    statistics, nothing for the default (batch); a ValueError for a normalization that cannot take them."""
+def statistics_kwargs(kind: str, statistics: str, population_start: str = "prior") -> dict:
+    """What a normalization's builders get for `norm.statistics`: population=True (and where its estimates start)
+    where it takes population statistics, nothing for the default (batch); a ValueError for a normalization that
+    cannot take them."""
     if statistics not in STATISTICS:
         raise ValueError(f"norm.statistics must be one of {', '.join(STATISTICS)}, got {statistics!r}")
     if statistics == "batch":
@@ -386,21 +403,24 @@ def statistics_kwargs(kind: str, statistics: str) -> dict:
         takers = ", ".join(n for n, e in NORMALIZATIONS.items() if e.population)
         raise ValueError(f"norm.statistics={statistics}: normalization {kind!r} keeps no running statistics to "
                          f"normalize with (it takes: {takers})")
-    return {"population": True}
+    return {"population": True, "population_start": population_start}
 
 
 def make_norm(kind: str, num_features: int, *, momentum: float = 0.1, eps: float = 1e-5,
-              center_before_norm: bool = False, noise: dict | None = None, statistics: str = "batch") -> nn.Module:
+              center_before_norm: bool = False, noise: dict | None = None, statistics: str = "batch",
+              population_start: str = "prior", groups: int = 32) -> nn.Module:
     """Build the layer that sits between a conv/linear layer and its nonlinearity.
 
     `noise` (the constants n_mu, n_sigma, r_mu, r_sigma) adds the noisy-BatchNorm noise to the layer's
     output; with kind "none" that is noise on the raw pre-activations (paper, section 2.1). `statistics`:
-    "population" normalizes with the running estimates in training too (statistics_kwargs).
+    "population" normalizes with the running estimates in training too (statistics_kwargs); `groups` is
+    GroupNorm's most groups (groups_for).
     """
     entry = normalization(kind)
     noise_layer = BatchNoise(**noise) if noise else None
     layer = entry.build(num_features, momentum=momentum, eps=eps, center_before_norm=center_before_norm,
-                        noise=noise_layer if entry.applies_noise else None, **statistics_kwargs(kind, statistics))
+                        noise=noise_layer if entry.applies_noise else None, groups=groups,
+                        **statistics_kwargs(kind, statistics, population_start))
     if noise_layer is not None and not entry.applies_noise:
         layer = nn.Sequential(layer, noise_layer)
     return layer
@@ -410,12 +430,12 @@ def _no_norm(num_features, *, noise, **_):
     return noise if noise is not None else nn.Identity()
 
 
-def _batch_norm(num_features, *, momentum, eps, noise, population=False, **_):
-    return BatchNorm(num_features, momentum, eps, noise, population)
+def _batch_norm(num_features, *, momentum, eps, noise, population=False, population_start="prior", **_):
+    return BatchNorm(num_features, momentum, eps, noise, population, population_start)
 
 
 def _lp_norm(p: float):
-    def build(num_features, *, momentum, eps, center_before_norm, noise):
+    def build(num_features, *, momentum, eps, center_before_norm, noise, **_):
         return LpNorm(num_features, p, center_before_norm, momentum, eps, noise)
     return build
 
@@ -424,8 +444,8 @@ def _stacked_none(shape, **_):
     return nn.Identity()
 
 
-def _stacked_batch_norm(shape, *, momentum, eps, population=False, **_):
-    return StackedBatchNorm(shape, momentum, eps, population=population)
+def _stacked_batch_norm(shape, *, momentum, eps, population=False, population_start="prior", **_):
+    return StackedBatchNorm(shape, momentum, eps, population=population, population_start=population_start)
 
 
 def _stacked_lp_norm(p: float):
@@ -448,7 +468,8 @@ for _name, _p, _label, _color in (("l1", 1.0, "L1", "tab:green"), ("l2", 2.0, "L
 # Beyond the paper (Lubana et al. 2021): normalizers that use no batch statistics.
 register_norm(Normalization("layer", lambda n, *, eps, noise, **_: GroupNorm(n, 1, eps, noise),
                             "Standard + LayerNorm", "tab:brown", "-.", applies_noise=True))
-register_norm(Normalization("group", lambda n, *, eps, noise, **_: GroupNorm(n, groups_for(n), eps, noise),
+register_norm(Normalization("group", lambda n, *, eps, noise, groups=GROUPS, **_:
+                            GroupNorm(n, groups_for(n, groups), eps, noise),
                             "Standard + GroupNorm", "tab:cyan", "-.", applies_noise=True))
 # BatchNorm after the ReLU (a common practice the paper does not test): the same layer, placed after it.
 register_norm(Normalization("batch_after_relu", _batch_norm, "Standard + BatchNorm after ReLU", "tab:olive", "-.",

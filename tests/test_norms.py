@@ -372,3 +372,36 @@ def test_population_statistics_stack_and_keep_the_old_run_keys():
     without.norm.pop("statistics")
     assert run_key(batch) == run_key(without)
     assert "-batch+population-" in run_key(cfgs[0]) and run_key(cfgs[0]) != run_key(batch)
+
+
+def test_population_estimates_started_from_the_first_batch():
+    """population_start=first_batch: the first training batch's mean and unbiased variance become the estimates
+    (then normalize it); later batches update them with momentum 0.1. Per unit in a stacked DLN too."""
+    torch.manual_seed(1)
+    layer = make_norm("batch", 3, statistics="population", population_start="first_batch").double().train()
+    first, second = torch.randn(32, 3, dtype=torch.float64) * 4 + 2, torch.randn(32, 3, dtype=torch.float64)
+    y = layer(first)
+    torch.testing.assert_close(layer.running_mean, first.mean(0))
+    torch.testing.assert_close(layer.running_var, first.var(0, unbiased=True))
+    torch.testing.assert_close(y, (first - first.mean(0)) / torch.sqrt(first.var(0) + layer.eps))
+    layer(second)
+    torch.testing.assert_close(layer.running_mean, 0.9 * first.mean(0) + 0.1 * second.mean(0))
+    torch.testing.assert_close(layer.running_var, 0.9 * first.var(0) + 0.1 * second.var(0))
+    assert bool(layer.started.all()) and "started" in layer.state_dict()
+    with pytest.raises(ValueError, match="population_start"):
+        make_norm("batch", 3, statistics="population", population_start="warm")
+
+
+def test_group_norm_groups_follow_the_config_and_the_scale():
+    from bnlab.config import compose, run_key
+    from bnlab.models import build_model
+
+    assert make_norm("group", 64, groups=8).groups == 8 and make_norm("group", 12, groups=8).groups == 4
+    assert make_norm("group", 64).groups == 32  # Wu & He's default
+    smoke, paper = (compose(["model=vgg", f"scale={s}", "norm=group"]) for s in ("smoke", "paper"))
+    assert (smoke.norm.groups, paper.norm.groups) == (8, 32)  # the calibration's choice at width 1/8
+    assert {m.groups for m in build_model(smoke).modules() if hasattr(m, "groups") and hasattr(m, "eps")} == {8}
+    assert compose(["model=dln", "scale=smoke", "norm=group"]).norm.groups == 32  # 2 groups of the DLN's 10
+    # the scale's setting is carried by norm.groups alone: other runs keep their keys
+    assert run_key(compose(["model=vgg", "scale=smoke", "norm=batch"])) == \
+        run_key(compose(["model=vgg", "scale=smoke", "norm=batch", "scale.vgg.norm_groups=32"]))

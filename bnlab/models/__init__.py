@@ -51,7 +51,8 @@ def model_family(name: str) -> ModelFamily:
 def norm_kwargs(norm_cfg) -> dict:
     noise = dict(norm_cfg.noise.constants) if norm_cfg.noise.enabled else None
     return dict(momentum=norm_cfg.momentum, eps=norm_cfg.eps, center_before_norm=norm_cfg.center_before_norm,
-                noise=noise, statistics=norm_cfg.get("statistics", "batch"))
+                noise=noise, statistics=norm_cfg.get("statistics", "batch"),
+                population_start=norm_cfg.get("population_start", "prior"), groups=norm_cfg.get("groups", 32))
 
 
 def build_model(cfg) -> nn.Module:
@@ -78,7 +79,8 @@ def _validate_dln(cfg) -> None:
 
 def _stack_dln(models, cfg) -> nn.Module:
     n = cfg.norm
-    return StackedDLN(models, n.kind, n.momentum, n.eps, n.center_before_norm, n.get("statistics", "batch"))
+    return StackedDLN(models, n.kind, n.momentum, n.eps, n.center_before_norm, n.get("statistics", "batch"),
+                      n.get("population_start", "prior"))
 
 
 def _build_vgg(cfg) -> nn.Module:

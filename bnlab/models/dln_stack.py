@@ -52,7 +52,7 @@ class StackedDLN(nn.Module):
     inputs. Module and parameter names are those of DeepLinearNet, each tensor with a leading run axis."""
 
     def __init__(self, models: list[DeepLinearNet], norm_kind: str, momentum: float = 0.1, eps: float = 1e-5,
-                 center_before_norm: bool = False, statistics: str = "batch"):
+                 center_before_norm: bool = False, statistics: str = "batch", population_start: str = "prior"):
         super().__init__()
         build_stacked = normalization(norm_kind).build_stacked
         if build_stacked is None:
@@ -64,7 +64,8 @@ class StackedDLN(nn.Module):
             last = i == self.depth - 1
             norm = nn.Identity() if last else build_stacked((self.runs, self.width), momentum=momentum, eps=eps,
                                                             center_before_norm=center_before_norm,
-                                                            **statistics_kwargs(norm_kind, statistics))
+                                                            **statistics_kwargs(norm_kind, statistics,
+                                                                                population_start))
             blocks.append(StackedBlock(StackedLinear(self.runs, self.width, bias), norm))
         self.blocks = nn.Sequential(*blocks)
         for s, model in enumerate(models):
