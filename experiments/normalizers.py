@@ -56,7 +56,8 @@ def claims(runs):
     for name, chosen in each_model(runs):
         others = [n for n in norms_of(chosen) if n not in REFERENCES]
         out += every_norm_claims(chosen, others, name, QUOTE,
-                                 "not in the paper (Lubana et al. 2021 compare these normalizers' landscapes)")
+                                 "not in the paper (Lubana et al. 2021 compare these normalizers; the landscape "
+                                 "measures are the paper's)")
     return out
 
 
@@ -65,13 +66,18 @@ def _training(chosen, norm: str) -> Quantity:
     runs = select(chosen, norm=norm)
     if classifies(runs[0]):
         return per_seed(runs, final_train_accuracy)
-    return per_seed(runs, lambda r: float(r.series("loss").iloc[-max(1, r.cfg.train.steps // 50):].mean()),
-                    geometric=True)
+    def final_loss(run):  # a diverged run has none (its finite losses before it would read as a final one)
+        if run.summary.get("status") != "finished":
+            return float("nan")
+        return float(run.series("loss").iloc[-max(1, run.cfg.train.steps // 50):].mean())
+
+    return per_seed(runs, final_loss, geometric=True)
 
 
 def reports(runs):
-    """The summary table: for each model and normalizer, where training ends and the peaks of the three landscape
-    measures over the whole run (geometric means over seeds), as the claims' rule reads them."""
+    """The summary table: for each model and normalizer, where training ends and the raw peaks of the three
+    landscape measures over the whole run (geometric means over seeds; the claims' rule also reads the 90%
+    quantile, and raises beta to its plateau first)."""
     out = []
     for name, chosen in each_model(runs):
         rows, values = [], {}

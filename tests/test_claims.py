@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from experiments.lib.claims import (
@@ -254,3 +255,21 @@ def test_all_draws_the_papers_figures_and_beyond_the_rest():
     beyond = figure_group(names, "beyond")
     assert beyond == ["spectrum", "normalizers"] and "curvature" in figure_group(names, "all")
     assert sorted(figure_group(names, "all") + beyond) == sorted(names)
+
+
+def test_the_isolated_count_is_n_times_the_weight_above_the_threshold(monkeypatch):
+    from experiments import spectrum
+
+    nodes = np.array([-2.0, -0.5, 0.1, 1.0, 3.0, 60.0, 7.0])
+    weights = np.array([0.1, 0.3, 0.3, 0.2, 0.0995, 4e-4, 1e-4])
+    assert spectrum.bulk_edge(nodes, weights) == 3.0
+    monkeypatch.setattr(spectrum, "quadrature", lambda run, mode, step: (nodes, weights))
+
+    class Model:
+        def parameters(self):
+            return [torch.zeros(1000)]  # n = 1000
+
+    monkeypatch.setattr("bnlab.models.build_model", lambda cfg: Model())
+    run = type("R", (), {"cfg": None})()
+    # above 2 x 3 = 6: the Ritz values 60 and 7, weight 5e-4: half an eigenvalue of n = 1000
+    assert spectrum.isolated_count(run, "train", 0) == pytest.approx(0.5)
