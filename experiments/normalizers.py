@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 
 from experiments.lib.claims import Quantity, Report, final_train_accuracy, per_seed
 from experiments.lib.landscape import draw_landscape_panels, every_norm_claims, landscape_caption, measure_quantities
-from experiments.lib.plotting import NORM_STYLE, accuracy_panel, caption, loss_panel
+from experiments.lib.plotting import NORM_STYLE, accuracy_panel, caption, loss_panel, norm_linestyle
 from experiments.lib.runs import classifies, each_model, norm_name, select
 
 ORDER = 23  # beyond the paper: after its figures, the curvature study, the theorems and the spectrum
@@ -34,7 +34,7 @@ def draw(runs, path):
     for row, (name, chosen) in zip(axes, models, strict=True):
         norms = norms_of(chosen)
         if classifies(chosen[0]):
-            accuracy_panel(row[0], chosen, norms)
+            accuracy_panel(row[0], chosen, norms, styles={n: norm_linestyle(n) for n in norms})
         else:
             loss_panel(row[0], chosen, norms)
         draw_landscape_panels(list(row[1:]), chosen, norms)
