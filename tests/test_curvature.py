@@ -13,7 +13,7 @@ from torch import nn
 from bnlab import probes
 from bnlab.models.dln import DeepLinearNet
 from bnlab.models.dln_stack import StackedDLN
-from bnlab.norms import make_norm
+from bnlab.norms import make_norm, normalization
 
 
 def small_model(norm: str, seed: int = 0) -> nn.Module:
@@ -24,6 +24,12 @@ def small_model(norm: str, seed: int = 0) -> nn.Module:
     elif norm in ("batch", "noisy_batch"):
         noise = dict(n_mu=0.2, n_sigma=1.5, r_mu=0.05, r_sigma=0.1) if norm == "noisy_batch" else None
         layers.append(make_norm("batch", 6, noise=noise))
+    elif norm == "batch_population":
+        layers.append(make_norm("batch", 6, statistics="population"))
+    elif norm in ("layer", "group"):
+        layers.append(make_norm(norm, 6, groups=2))
+    elif norm == "weight":
+        layers[0] = normalization("weight").reparametrize(layers[0])
     layers += [nn.Tanh(), nn.Linear(6, 3)]
     model = nn.Sequential(*layers).double()
     with torch.no_grad():  # running statistics away from their initial values, so that eval mode differs
@@ -72,7 +78,8 @@ def assert_unchanged(before, after):
     assert before[2] == after[2] and torch.equal(before[3], after[3])
 
 
-@pytest.mark.parametrize("norm", ["none", "batch", "torch_batch", "noisy_batch"])
+@pytest.mark.parametrize("norm", ["none", "batch", "torch_batch", "noisy_batch", "batch_population", "layer", "group",
+                                  "weight"])
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_top_eigenvalues_match_the_dense_hessian(norm, mode):
     model, (x, y) = small_model(norm), batch()
@@ -419,3 +426,24 @@ def test_spectral_density_of_a_quadrature_by_hand():
     torch.testing.assert_close(density, expected / torch.trapezoid(expected, grid))
     assert sigma == 0.3 and got is grid
     assert probes.spectral_density(ritz, weights)[2] == pytest.approx(0.01 * 4.0)  # 1% of the range by default
+
+
+def test_weight_norm_hessian_matches_the_function_written_by_hand():
+    """WeightNorm's Hessian against the network written out by hand, W = g v / |v| per row (torch's fused
+    torch._weight_norm, which bnlab does not use, gives wrong second derivatives here)."""
+    model, (x, y) = small_model("weight"), batch()
+    params = list(model.parameters())  # 0.bias, g, v, 2.weight, 2.bias
+    shapes = [p.shape for p in params]
+
+    def loss(flat):
+        parts, offset = [], 0
+        for shape in shapes:
+            parts.append(flat[offset:offset + shape.numel()].view(shape))
+            offset += shape.numel()
+        bias, g, v, weight2, bias2 = parts
+        weight = g * v / v.norm(dim=1, keepdim=True)
+        return F.cross_entropy(torch.tanh(x @ weight.T + bias) @ weight2.T + bias2, y)
+
+    hessian = torch.autograd.functional.hessian(loss, torch.cat([p.detach().reshape(-1) for p in params]))
+    out = probes.hessian_eigenvalues(model, F.cross_entropy, x, y, k=3, iterations=200, tolerance=1e-10)
+    assert out["eigenvalues"] == pytest.approx(torch.linalg.eigvalsh(hessian).flip(0)[:3].tolist(), rel=1e-7)
