@@ -447,3 +447,36 @@ def test_weight_norm_hessian_matches_the_function_written_by_hand():
     hessian = torch.autograd.functional.hessian(loss, torch.cat([p.detach().reshape(-1) for p in params]))
     out = probes.hessian_eigenvalues(model, F.cross_entropy, x, y, k=3, iterations=200, tolerance=1e-10)
     assert out["eigenvalues"] == pytest.approx(torch.linalg.eigvalsh(hessian).flip(0)[:3].tolist(), rel=1e-7)
+
+
+@pytest.mark.parametrize("statistics", ["batch", "population"])
+def test_batchnorm_hessian_matches_the_function_written_by_hand(statistics):
+    """The batch-statistics Hessian against BatchNorm written out by hand (mean, biased variance, eps), not
+    through torch's batch_norm kernel and its double backward; with population statistics the estimates after
+    the step's update are constants of the function."""
+    model, (x, y) = small_model("batch" if statistics == "batch" else "batch_population"), batch()
+    norm = model[1]
+    params = list(model.parameters())  # 0.weight, 0.bias, 1.weight (gamma), 1.bias (beta), 3.weight, 3.bias
+    shapes = [p.shape for p in params]
+    h = x @ params[0].detach().T + params[1].detach()
+    var, mean = torch.var_mean(h, 0, correction=1)
+    frozen_mean = 0.9 * norm.running_mean + 0.1 * mean  # the population arm's estimates after this batch
+    frozen_var = 0.9 * norm.running_var + 0.1 * var
+
+    def loss(flat):
+        parts, offset = [], 0
+        for shape in shapes:
+            parts.append(flat[offset:offset + shape.numel()].view(shape))
+            offset += shape.numel()
+        weight, bias, gamma, beta, weight2, bias2 = parts
+        pre = x @ weight.T + bias
+        if statistics == "batch":
+            mu, sigma2 = pre.mean(0), ((pre - pre.mean(0)) ** 2).mean(0)
+        else:
+            mu, sigma2 = frozen_mean, frozen_var
+        out = (pre - mu) / torch.sqrt(sigma2 + norm.eps) * gamma + beta
+        return F.cross_entropy(torch.tanh(out) @ weight2.T + bias2, y)
+
+    hessian = torch.autograd.functional.hessian(loss, torch.cat([p.detach().reshape(-1) for p in params]))
+    out = probes.hessian_eigenvalues(model, F.cross_entropy, x, y, k=3, iterations=200, tolerance=1e-10)
+    assert out["eigenvalues"] == pytest.approx(torch.linalg.eigvalsh(hessian).flip(0)[:3].tolist(), rel=1e-7)
