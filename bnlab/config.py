@@ -19,7 +19,7 @@ from omegaconf.errors import InterpolationKeyError
 from bnlab.data.cifar10 import SOURCES, resolve_source
 from bnlab.data.datasets import INPUT_SCALES
 from bnlab.models import model_family, num_layers
-from bnlab.norms import POPULATION_STARTS, STATISTICS, normalization
+from bnlab.norms import ADDED_NORM_KEYS, POPULATION_STARTS, STATISTICS, norm_setting, normalization
 from bnlab.probes.measurement import MODES
 from bnlab.util.checks import ConfigError, check, check_positive
 
@@ -35,7 +35,6 @@ ADDED_MODEL_KEYS = {"vgg": {"init_gain": 1.0}, "dln": {"bias": False}}
 # out of the scale's part, so that the runs stored before the scale set them keep their keys.
 CARRIED_SCALE_KEYS = {"vgg": ("init", "init_gain", "norm_groups")}
 ADDED_DATA_KEYS = {"gaussian": {"target_spectrum": "gaussian"}}
-ADDED_NORM_KEYS = {"statistics": "batch", "population_start": "prior", "groups": 32}
 TARGET_SPECTRA = ("gaussian", "orthogonal")
 
 if not OmegaConf.has_resolver("mul"):
@@ -112,11 +111,11 @@ def validate(cfg: DictConfig) -> None:
         check(value is None or isinstance(value, bool), key, value, "true or false")
     family = model_family(cfg.model.name)  # each raises ConfigError naming what is registered
     normalization(cfg.norm.kind)
-    statistics = cfg.norm.get("statistics", "batch")
+    statistics = norm_setting(cfg.norm, "statistics")
     check(statistics in STATISTICS, "norm.statistics", statistics, " or ".join(STATISTICS))
     check(statistics == "batch" or normalization(cfg.norm.kind).population, "norm.statistics", statistics,
           f"batch: norm.kind={cfg.norm.kind} keeps no running statistics (population: norm=batch_population)")
-    start = cfg.norm.get("population_start", "prior")
+    start = norm_setting(cfg.norm, "population_start")
     check(start in POPULATION_STARTS, "norm.population_start", start, " or ".join(POPULATION_STARTS))
     if "groups" in cfg.norm:
         check_positive(cfg, "norm.groups", integer=True)
@@ -355,7 +354,7 @@ def skipped_in_sweep(cfg: DictConfig) -> str | None:
 
 def norm_label(cfg: DictConfig) -> str:
     """The normalization as run keys and logs name it: norm.kind, then +population (norm.statistics) and +noise."""
-    statistics = cfg.norm.get("statistics", "batch")
+    statistics = norm_setting(cfg.norm, "statistics")
     return cfg.norm.kind + ("" if statistics == "batch" else f"+{statistics}") + \
         ("+noise" if cfg.norm.noise.enabled else "")
 

@@ -383,6 +383,16 @@ class GroupNorm(_AffineNorm):
 GROUPS = 32
 
 
+# norm.* keys added after runs were stored, with the value those runs had (and every reader's default): a config
+# from before them reads these, and bnlab.config leaves them out of a run's identity at these values.
+ADDED_NORM_KEYS = {"statistics": "batch", "population_start": "prior", "groups": GROUPS}
+
+
+def norm_setting(norm_cfg, key: str):
+    """norm.<key> of a config, or its ADDED_NORM_KEYS default for a config stored before the key existed."""
+    return norm_cfg.get(key, ADDED_NORM_KEYS[key])
+
+
 def groups_for(num_features: int, groups: int = GROUPS) -> int:
     return math.gcd(num_features, groups)
 

@@ -17,7 +17,7 @@ from torch import nn
 from bnlab.models.dln import DeepLinearNet
 from bnlab.models.dln_stack import StackedDLN
 from bnlab.models.vgg import HEADS, LAYOUTS, VGG, validate_vgg
-from bnlab.norms import normalization
+from bnlab.norms import ADDED_NORM_KEYS, norm_setting, normalization
 from bnlab.util.checks import check, check_positive
 from bnlab.util.registry import lookup, register
 
@@ -51,8 +51,7 @@ def model_family(name: str) -> ModelFamily:
 def norm_kwargs(norm_cfg) -> dict:
     noise = dict(norm_cfg.noise.constants) if norm_cfg.noise.enabled else None
     return dict(momentum=norm_cfg.momentum, eps=norm_cfg.eps, center_before_norm=norm_cfg.center_before_norm,
-                noise=noise, statistics=norm_cfg.get("statistics", "batch"),
-                population_start=norm_cfg.get("population_start", "prior"), groups=norm_cfg.get("groups", 32))
+                noise=noise, **{key: norm_setting(norm_cfg, key) for key in ADDED_NORM_KEYS})
 
 
 def build_model(cfg) -> nn.Module:
@@ -79,8 +78,8 @@ def _validate_dln(cfg) -> None:
 
 def _stack_dln(models, cfg) -> nn.Module:
     n = cfg.norm
-    return StackedDLN(models, n.kind, n.momentum, n.eps, n.center_before_norm, n.get("statistics", "batch"),
-                      n.get("population_start", "prior"))
+    return StackedDLN(models, n.kind, n.momentum, n.eps, n.center_before_norm, norm_setting(n, "statistics"),
+                      norm_setting(n, "population_start"))
 
 
 def _build_vgg(cfg) -> nn.Module:

@@ -20,6 +20,7 @@ from bnlab import store
 from bnlab.config import DATA_LOCATION, NOT_IDENTITY, ConfigError, compose, resolved, skipped_in_sweep
 from bnlab.data.datasets import classifies as data_classifies
 from bnlab.models import MODEL_FAMILIES
+from bnlab.norms import norm_setting
 
 
 def sweep(name: str, scale: str, seeds: int, overrides: list[str] = ()) -> list[DictConfig]:
@@ -139,7 +140,7 @@ def select(runs: list[Run], **where) -> list[Run]:
 def norm_name(cfg: DictConfig) -> str:
     """The norm config group a run came from: none, batch, noisy_batch, batch_population, l1, ... (+noise if
     added)."""
-    if cfg.norm.get("statistics", "batch") == "population":
+    if norm_setting(cfg.norm, "statistics") == "population":
         return "batch_population" + ("+noise" if cfg.norm.noise.enabled else "")
     if cfg.norm.noise.enabled:
         return "noisy_batch" if cfg.norm.kind == "batch" else f"{cfg.norm.kind}+noise"
